@@ -1,0 +1,1 @@
+"""One module per `impetus` command group; each imports its heavy dependencies inside commands."""

@@ -1,0 +1,107 @@
+"""`impetus models ...` and `impetus hardware`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from flows.console import JsonOpt, domain_errors, echo_json, fail, human_size, progress, settings
+
+if TYPE_CHECKING:
+    from pipelines.models.store import ModelStore
+    from pipelines.settings import Settings
+
+app = typer.Typer(help="The model registry: list, import and pull models.", no_args_is_help=True)
+
+
+def _store(s: Settings) -> ModelStore:
+    from pipelines.models.store import ModelStore
+
+    return ModelStore(s.models_dir)
+
+
+@app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """List the registry: name, kind, format, path, size and status of each model."""
+    s = settings()
+    from pipelines.hardware import loaded_blas
+
+    with domain_errors():
+        entries = _store(s).entries()
+    if as_json:
+        echo_json([e.to_dict() for e in entries])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"models in {s.models_dir}  (BLAS: {loaded_blas()})")
+    for col in ("name", "kind", "format", "status", "size"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("path", overflow="fold")
+    for e in entries:
+        table.add_row(e.name, e.kind, e.format, e.status, human_size(e.size), e.path)
+    Console().print(table)
+
+
+@app.command("import")
+def models_import(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="A llama-architecture .gguf file. Omit to import the built-in models."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name for the imported model.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model of the same name.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a GGUF file into MLX format (Q4_0/Q4_1/Q8_0 stay quantized), or the defaults."""
+    s = settings()
+    store = _store(s)
+    if file is not None and not name:
+        raise fail("--name is required when importing a file (e.g. --name my-llama).")
+    with domain_errors(), progress("importing") as update:
+        if file is None:
+            done = store.import_defaults(on_progress=update)
+        else:
+            assert name is not None
+            done = [store.import_gguf(file, name, on_progress=update, overwrite=overwrite)]
+    if as_json:
+        echo_json([e.to_dict() for e in done])
+    elif not done:
+        typer.echo("The built-in models are ready; nothing to import.")
+    else:
+        for e in done:
+            typer.echo(f"{e.name}: {e.status} at {e.path} ({human_size(e.size)})")
+
+
+@app.command("pull")
+def models_pull(
+    repo_id: Annotated[str, typer.Argument(help="A Hugging Face repo id, e.g. mlx-community/...")],
+    name: Annotated[
+        str | None, typer.Option(help="Registry name (default: the repo's name).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model of the same name.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a model from the Hugging Face Hub (needs network)."""
+    s = settings()
+    with domain_errors():
+        entry = _store(s).pull(repo_id, name, overwrite=overwrite)
+    if as_json:
+        echo_json(entry.to_dict())
+    else:
+        typer.echo(f"{entry.name}: {entry.status} at {entry.path}")
+
+
+def hardware(as_json: JsonOpt = False) -> None:
+    """Show OS, chip, memory, MLX device, Neural Engine / Core ML and the BLAS in use."""
+    settings()
+    from pipelines.hardware import detect
+
+    info = detect().to_dict()
+    if as_json:
+        echo_json(info)
+    else:
+        for key, value in info.items():
+            typer.echo(f"{key:16} {value}")
