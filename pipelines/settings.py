@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,11 +43,57 @@ class EmbeddingSettings(_Section):
     batch_size: int = Field(32, ge=1, le=1024)
 
 
+class ChunkingSettings(_Section):
+    """How parsed documents are split into chunks (pipelines/chunk.py)."""
+
+    # A chunk's size in the embedding model's own tokens, special tokens included; capped at
+    # the model's max_seq_length, so nothing is ever truncated by the encoder.
+    max_tokens: int = Field(default=256, ge=16, le=8192)
+    # Tokens repeated from the end of one chunk at the start of the next within a long section.
+    overlap_tokens: int = Field(default=32, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_half(self) -> ChunkingSettings:
+        if self.overlap_tokens * 2 > self.max_tokens:
+            raise ValueError(
+                f"chunking.overlap_tokens ({self.overlap_tokens}) must be at most half of "
+                f"chunking.max_tokens ({self.max_tokens})"
+            )
+        return self
+
+
+class VectorStoreSettings(_Section):
+    """Where ingestion writes vectors and search reads them (pipelines/vectorstore/)."""
+
+    # edge: Qdrant Edge embedded in this process (the default); qdrant: qdrant-client, talking to
+    # a Qdrant server at `url`, or without a url to its local mode on disk at `path`.
+    kind: Literal["edge", "qdrant"] = "edge"
+    url: str | None = None
+    # The embedded store's directory; default data_dir/vectors (edge) or data_dir/qdrant.
+    path: Path | None = None
+    # Physical collections of older pipeline versions kept after `impetus reindex` switches the
+    # alias (for rolling back); older ones are dropped.
+    keep_versions: int = Field(1, ge=0)
+
+
 class ServeSettings(_Section):
-    """Where `impetus serve` listens."""
+    """Where `impetus serve` listens, and how the serving endpoint bounds its work."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
+    # engine (per loaded LLM)
+    queue_limit: int = Field(default=64, ge=1)
+    max_batch_size: int = Field(default=16, ge=1)
+    prefix_cache_bytes: int = Field(default=1 << 30, ge=0)
+    retry_after_s: float = Field(default=1.0, gt=0)
+    # model residency
+    memory_budget_bytes: int = Field(default=0, ge=0)  # 0: 70% of physical memory
+    idle_ttl_s: float = Field(default=1800.0, ge=0)  # 0: never unload idle models
+    load_on_demand: bool = True
+    # HTTP
+    max_body_bytes: int = Field(default=8 << 20, ge=1024)
+    keepalive_s: float = Field(default=5.0, gt=0)
+    embedding_batch_tokens: int = Field(default=8192, ge=1)
 
 
 class LogSettings(_Section):
@@ -70,6 +116,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data/state")
     models: ModelsSettings = ModelsSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    vector_store: VectorStoreSettings = VectorStoreSettings()
     serve: ServeSettings = ServeSettings()
     log: LogSettings = LogSettings()
 

@@ -16,6 +16,7 @@ _OFF = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "ANONYMIZED_TELEMETRY": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    "UNSTRUCTURED_DISABLE_NOTICE": "1",  # its banner on stdout would break --json output
 }
 
 
