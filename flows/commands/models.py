@@ -94,6 +94,53 @@ def models_pull(
         typer.echo(f"{entry.name}: {entry.status} at {entry.path}")
 
 
+@app.command("convert-coreml")
+def models_convert_coreml(
+    name: Annotated[str, typer.Argument(help="A registry embedding model, e.g. all-minilm-l6-v2.")],
+    bucket: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--bucket",
+            help="Sequence length of a package (repeatable; capped at the model's limit).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert an embedding model to Core ML packages for the Neural Engine (cached by weights)."""
+    s = settings()
+    from pipelines.embed.base import EmbedderLoadError
+    from pipelines.embed.coreml_bert import DEFAULT_BUCKETS, ensure_coreml
+
+    store = _store(s)
+    with domain_errors():
+        if (kind := store.get(name).kind) != "embedding":
+            raise fail(f"{name!r} is an {kind} model; convert-coreml takes an embedding model.")
+        folder = store.resolve(name)
+    buckets = tuple(bucket) if bucket else DEFAULT_BUCKETS
+    try:
+        with progress("converting") as update:
+            result = ensure_coreml(
+                folder, s.models_dir, name, buckets, force=force, on_progress=update
+            )
+    except (EmbedderLoadError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    info = {
+        "name": name,
+        "path": str(result.path),
+        "buckets": list(result.buckets),
+        "dim": result.dim,
+        "cached": result.cached,
+        "seconds": round(result.seconds, 2),
+    }
+    if as_json:
+        echo_json(info)
+    else:
+        how = "already converted" if result.cached else f"converted in {result.seconds:.1f} s"
+        buckets_text = ", ".join(str(b) for b in result.buckets)
+        typer.echo(f"{name}: {how}; buckets {buckets_text} at {result.path}")
+
+
 def hardware(as_json: JsonOpt = False) -> None:
     """Show OS, chip, memory, MLX device, Neural Engine / Core ML and the BLAS in use."""
     settings()
