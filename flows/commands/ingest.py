@@ -1,0 +1,133 @@
+"""`impetus ingest`, `impetus reindex` and `impetus lineage`.
+
+Prefect runs here without a server to set up: its home is data_dir/prefect, and unless
+PREFECT_API_URL names a running server (then the runs show in its UI) Prefect starts a temporary
+local server for the run (SQLite under that home, offline) and stops it at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from flows.console import JsonOpt, domain_errors, echo_json, fail, progress, settings
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+CollectionOpt = Annotated[
+    str, typer.Option("--collection", "-c", help="Collection (an alias of its current version).")
+]
+
+
+def prefect_env(s: Settings, verbose: bool = False) -> None:
+    """Point Prefect at data_dir before it is imported (its settings are read at import)."""
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(s.data_dir / "prefect")))
+    home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+    # The temporary server imports Prefect's whole API; on a busy laptop that takes a while.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not verbose and s.log.level != "debug":
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _run(flow_name: str, **params: Any) -> dict[str, Any]:
+    s = settings()
+    from flows.console import _State
+
+    prefect_env(s, _State.verbose)
+    if not _State.verbose:
+        # Great Expectations logs every fluent-API registration at info.
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    from flows import ingest as flows_ingest
+
+    with domain_errors(), progress(flow_name) as update:
+        flows_ingest.on_progress(update)
+        try:
+            return getattr(flows_ingest, flow_name)(**params)
+        finally:
+            flows_ingest.on_progress(None)
+
+
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest.")],
+    collection: CollectionOpt = "default",
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete documents whose files are gone from PATHs.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest documents: parse, chunk, check, embed and upsert what is new or changed."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise fail(f"no such file or directory: {', '.join(missing)}")
+    summary = _run(
+        "ingest", paths=[str(p.resolve()) for p in paths], collection=collection, prune=prune
+    )
+    if as_json:
+        echo_json(summary)
+        return
+    d = summary["documents"]
+    typer.echo(
+        f"run {summary['run_id']}: {d['new']} new, {d['changed']} changed, "
+        f"{d['unchanged']} unchanged, {d['deleted']} deleted, {d['failed']} failed; "
+        f"{summary['chunks_embedded']} chunks embedded, {summary['points_upserted']} points "
+        f"upserted, {summary['points_deleted']} deleted"
+    )
+    if d["failed"]:
+        typer.echo("see why with: impetus lineage PATH", err=True)
+
+
+def reindex(collection: CollectionOpt = "default", as_json: JsonOpt = False) -> None:
+    """Rebuild a collection with the current pipeline version and switch its alias (blue/green)."""
+    summary = _run("reindex", collection=collection)
+    if as_json:
+        echo_json(summary)
+    elif summary["from"] == summary["to"]:
+        typer.echo(f"{collection} is already at this pipeline version ({summary['to']})")
+    else:
+        typer.echo(
+            f"{collection}: {summary['from']} -> {summary['to']} "
+            f"({summary['chunks_embedded']} chunks embedded); dropped: "
+            f"{', '.join(summary['dropped']) or 'none'}"
+        )
+
+
+def lineage(
+    target: Annotated[str, typer.Argument(help="A chunk id (= point id) or a document's path.")],
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="Only this physical collection.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Trace a point to its chunk, document version, pipeline version and flow run."""
+    s = settings()
+    from pipelines.lineage import Lineage
+
+    if not (s.data_dir / "lineage.duckdb").is_file():
+        raise fail(f"no lineage yet in {s.data_dir}; run `impetus ingest PATH` first")
+    with domain_errors(), Lineage.open(s, read_only=True) as lin:
+        chains = lin.trace(target, collection)
+    if as_json:
+        echo_json(chains)
+        return
+    for c in chains:
+        v, r = c["document_version"], c["run"]
+        if c["point"]:
+            p, ch = c["point"], c["chunk"]
+            gone = f", deleted {p['deleted_at']}" if p["deleted_at"] else ""
+            typer.echo(
+                f"point {p['point_id']} in {p['collection']} (written {p['written_at']}{gone})"
+            )
+            typer.echo(
+                f"  chunk #{ch['index']}: {ch['token_count']} tokens, text {ch['text_hash']}"
+            )
+        typer.echo(
+            f"  document {v['source']} @ {str(v['content_hash'])[:12]} "
+            f"[{v['status']}{', current' if v['current'] else ''}]"
+            + (f": {v['reason']}" if v["reason"] else "")
+        )
+        typer.echo(f"  pipeline {v['pipeline_version']}, run {r['run_id']} ({r['status']})")
