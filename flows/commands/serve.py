@@ -1,0 +1,68 @@
+"""`impetus serve`: the OpenAI-compatible endpoint.
+
+One process by default: uvicorn runs `serving.app.create_app` with a `ModelManager` over the MLX
+engine. It answers /api/health/live at once (MLX is imported when the default model loads, in
+the background) and /api/health/ready once the default model is resident. `--ray` runs the same
+app and engine as Ray Serve deployments (serving/ray_app.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.console import domain_errors, fail, settings
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (serve.port).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Registry LLM to load at start and serve by default (models.llm)."),
+    ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run as Ray Serve deployments (configs/serve.yaml).")
+    ] = False,
+    serve_config: Annotated[
+        Path | None,
+        typer.Option(help="With --ray: the Ray Serve config to deploy (configs/serve.yaml)."),
+    ] = None,
+) -> None:
+    """Serve the OpenAI-compatible API (chat, completions, embeddings, models, health, metrics)."""
+    s = settings()
+    host = host or s.serve.host
+    port = port or s.serve.port
+    if model is not None:
+        from pipelines.models.store import ModelStore
+
+        with domain_errors():
+            entry = ModelStore(s.models_dir).get(model)
+        if entry.kind != "llm":
+            raise fail(f"{model!r} is an {entry.kind} model; --model takes an LLM.")
+    if ray:
+        if importlib.util.find_spec("serving.ray_app") is None:
+            raise fail("Ray Serve mode is not available in this installation (serving/ray_app.py).")
+        from serving import ray_app
+
+        with domain_errors():
+            ray_app.run(s, host=host, port=port, model=model, serve_config=serve_config)
+        return
+
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.model_manager import ModelManager, mlx_engine_factory
+
+    manager = ModelManager.from_settings(s, mlx_engine_factory(s), default_model=model)
+    app = create_app(s, manager=manager, preload_default=True)
+    typer.secho(
+        f"Impetus serving on http://{host}:{port}/v1 (default model {manager.default_model}; "
+        f"ready when GET /api/health/ready answers 200)",
+        err=True,
+    )
+    # log_config=None: uvicorn's loggers go through the structured handler `settings()` set up.
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
