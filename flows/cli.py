@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import bench, ingest, models, serve
+from flows.commands import bench, ingest, models, serve, up
 from flows.console import set_verbose
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("ingest")(ingest.ingest)
 app.command("reindex")(ingest.reindex)
 app.command("lineage")(ingest.lineage)
 app.command("serve")(serve.serve)
+app.command("up")(up.up)
 app.add_typer(bench.app, name="bench")
 
 
