@@ -1,0 +1,85 @@
+"""`impetus bench ...`: benchmarks are Prefect flows that log to MLflow (data_dir/mlflow.db) and
+print a table."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from flows.console import JsonOpt, domain_errors, echo_json, settings
+
+app = typer.Typer(
+    help="Benchmarks: flows that log to MLflow and print a table.", no_args_is_help=True
+)
+
+
+@app.command("serving")
+def bench_serving(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI-sized: 1 and 4 streams, 16 tokens, one repetition.")
+    ] = False,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Also measure `impetus serve --ray` (slow to start).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Our engine and server vs mlx-lm's: decode tok/s, concurrency, prefix cache, start-up."""
+    s = settings()
+    from flows.commands.ingest import prefect_env
+    from flows.console import _State
+
+    prefect_env(s, _State.verbose)
+    from flows.bench_serving import BenchConfig
+    from flows.bench_serving import bench_serving as flow
+
+    cfg = BenchConfig.quick_config(ray=ray) if quick else BenchConfig(ray=ray)
+    with domain_errors():
+        result = flow(cfg)
+    if as_json:
+        echo_json(result)
+        return
+    typer.echo(result["table"])
+    typer.echo(
+        f"\nMLflow run {result['run_id']} ({s.data_dir / 'mlflow.db'}); logs in {result['logs']}"
+    )
+
+
+@app.command("ingest")
+def bench_ingest(
+    limit: Annotated[
+        int, typer.Option("--limit", help="Documents, spread evenly over the corpus (0: all).")
+    ] = 0,
+    max_chunks: Annotated[
+        int, typer.Option("--max-chunks", help="Chunks embedded per document (0: all).")
+    ] = 0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Chunk size in tokens.")] = 256,
+    overlap_tokens: Annotated[
+        int, typer.Option("--overlap-tokens", help="Overlap between chunks in tokens.")
+    ] = 32,
+    rounds: Annotated[
+        int, typer.Option("--rounds", help="Interleaved groups (flow and direct alternate).")
+    ] = 2,
+    corpus: Annotated[
+        str | None,
+        typer.Option("--corpus", help="A folder of documents instead of Debian's Python docs."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The `ingest` flow vs the pipeline functions called directly: docs/s, chunks/s, step shares."""
+    s = settings()
+    from flows.commands.ingest import prefect_env
+    from flows.console import _State
+
+    prefect_env(s, _State.verbose)
+    from flows.bench_ingest import BenchConfig
+    from flows.bench_ingest import bench_ingest as flow
+
+    cfg = BenchConfig(limit, max_chunks, max_tokens, overlap_tokens, rounds, corpus)
+    with domain_errors():
+        result = flow(cfg)
+    if as_json:
+        echo_json(result)
+        return
+    typer.echo(result["table"])
+    typer.echo(f"\nMLflow run {result['run_id']} ({s.data_dir / 'mlflow.db'}); state in {result['state']}")
