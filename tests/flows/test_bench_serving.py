@@ -1,0 +1,74 @@
+"""`impetus bench serving --quick` end to end: every side measured, one MLflow run with the metrics.
+
+It starts `impetus serve` (twice: prefix cache on and off) and `mlx_lm.server` on 127.0.0.1, so it
+needs the MLX engine (serving/mlx_engine.py) and takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.settings import PROJECT_ROOT
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("serving.mlx_engine") is None,
+        reason="needs the MLX engine (serving/mlx_engine.py)",
+    ),
+]
+
+
+def test_quick_bench_logs_an_mlflow_run_with_every_metric(
+    tmp_path: Path, ready_models_dir: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(ready_models_dir, target_is_directory=True)
+    env = {**os.environ, "IMPETUS_DATA_DIR": str(state)}
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "bench", "serving", "--quick", "--json"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(out.stdout[out.stdout.index("{") :])
+    assert "| 4 streams: aggregate tok/s |" in result["table"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{state / 'mlflow.db'}")
+    run = mlflow.get_run(result["run_id"])
+    m = run.data.metrics
+    for key in (
+        "decode_tps_ours",
+        "decode_tps_mlx_lm",
+        "decode_ratio",
+        "c1_tps_ours",
+        "c1_tps_mlx_lm",
+        "c4_tps_ratio",
+        "c4_ttft_p50_ms_ours",
+        "c4_ttft_p95_ms_mlx_lm",
+        "prefix_ttft_cache_on_ms",
+        "prefix_ttft_cache_off_ms",
+        "prefix_ttft_ratio",
+        "launch_live_s",
+        "launch_ready_s",
+        "loadavg1_start",
+    ):
+        assert key in m, key
+        assert m[key] == m[key], key  # not NaN
+    assert m["decode_tps_ours"] > 0 and m["c4_tps_ours"] > 0
+    assert run.data.params["quick"] == "True"
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("serving-bench").experiment_id

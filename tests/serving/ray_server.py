@@ -1,0 +1,162 @@
+"""The Ray Serve server of the Ray-mode tests: `impetus serve --ray` in a subprocess on 127.0.0.1.
+
+One server per test session (Ray starts slowly: about a minute on a loaded 2-core machine). It
+deploys configs/serve.yaml with the test collaborators of ray_support.py (the fake models of
+servers.FAKE_LLMS get their own LLM deployments, so fake engines run inside real Serve), on a
+free port, with the same serve settings as the in-process server. The process runs in its own
+session and is stopped with SIGINT (Serve and Ray shut down), then killed if it lingers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from pipelines.settings import PROJECT_ROOT, load_settings
+from tests.serving.servers import FAKE_LLMS, RunningServer
+
+READY_TIMEOUT_S = float(os.environ.get("IMPETUS_TEST_RAY_TIMEOUT", "600"))
+SERVE_ENV = {
+    # the in-process server's serve settings (servers.start_inprocess)
+    "IMPETUS_SERVE__QUEUE_LIMIT": "8",
+    "IMPETUS_SERVE__MAX_BATCH_SIZE": "8",
+    "IMPETUS_SERVE__KEEPALIVE_S": "0.5",
+    "IMPETUS_SERVE__IDLE_TTL_S": "0",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_serve_config(path: Path, port: int, *, fakes: bool = True, **args: Any) -> Path:
+    """configs/serve.yaml on `port`, no CPUs reserved, with `args` merged into the app's args;
+    with `fakes`, plus LLM deployments and the test collaborators for servers.FAKE_LLMS."""
+    config = yaml.safe_load((PROJECT_ROOT / "configs" / "serve.yaml").read_text())
+    config["http_options"]["port"] = port
+    app_args = config["applications"][0]["args"]
+    # Reserve no CPUs: the machines that run tests may have two.
+    for m in app_args["models"]:
+        m["ray_actor_options"] = {"num_cpus": 0}
+    app_args["llm_defaults"] = {"ray_actor_options": {"num_cpus": 0}}
+    if fakes:
+        app_args["models"] += [
+            {"model": name, "ray_actor_options": {"num_cpus": 0}} for name in FAKE_LLMS
+        ]
+        app_args["engine_factory"] = "tests.serving.ray_support:engine_factory"
+        app_args["store_factory"] = "tests.serving.ray_support:store"
+    app_args.update(args)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def state_dir(tmp: Path, models_dir: Path) -> Path:
+    """A fresh data_dir whose models/ is the session's ready models dir."""
+    state = tmp / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "models").symlink_to(models_dir, target_is_directory=True)
+    return state
+
+
+@contextmanager
+def server_process(
+    argv: list[str], env: dict[str, str], url: str, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `argv` in its own session until `url`/api/health/ready answers 200; SIGINT at exit."""
+    for attempt in (1, 2):
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=PROJECT_ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                try:
+                    wait_ready(proc, url, log_path)
+                except RuntimeError:
+                    # Ray gives its raylet a fixed 30 s to register: retry once on a busy machine.
+                    if attempt == 1 and "timed out during startup" in _tail(log_path, 100_000):
+                        continue
+                    raise
+                yield proc
+                return
+            finally:
+                stop_process(proc)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}):\n{_tail(log_path)}")
+        try:
+            if httpx.get(f"{url}/api/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} was not ready after {READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 90.0) -> None:
+    """SIGINT (Serve and Ray shut down cleanly), then SIGKILL to the process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    return path.read_bytes()[-n:].decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def ray_server(
+    tmp_path_factory: pytest.TempPathFactory, ready_models_dir: Path
+) -> Iterator[RunningServer]:
+    """`impetus serve --ray` with the fake models, for the whole session."""
+    tmp = tmp_path_factory.mktemp("ray")
+    port = free_port()
+    config = write_serve_config(tmp / "serve.yaml", port)
+    env = {**SERVE_ENV, "IMPETUS_DATA_DIR": str(state_dir(tmp, ready_models_dir))}
+    argv = [sys.executable, "-m", "flows.cli", "serve", "--ray"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--serve-config", str(config)]
+    url = f"http://127.0.0.1:{port}"
+    settings = load_settings()
+    with server_process(argv, env, url, tmp / "server.log"):
+        yield RunningServer(
+            mode="ray",
+            base_url=url,
+            llm=settings.models.llm,
+            embedding_model=settings.models.embedding,
+            engines=None,  # they live in the replicas
+            fake_models=True,
+            extra={"log": tmp / "server.log"},
+        )
+
+
+@contextmanager
+def start_ray(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The "ray" server mode of conftest.SERVER_STARTERS: the session's Ray server."""
+    yield request.getfixturevalue("ray_server")
