@@ -16,13 +16,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import anyio
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import errors
 from serving.metrics import Metrics, MetricsMiddleware, route_paths
 from serving.model_manager import ModelManager
-from serving.routes import embeddings, generate, health, models
+from serving.rag import RagService, wait_closed
+from serving.routes import embeddings, generate, health, models, rag
 from serving.routes.deps import ServingContext
 from serving.routes.embeddings import EmbedderFactory, EmbedderPool
 
@@ -104,16 +106,22 @@ def create_app(
         batch_size=settings.embedding.batch_size,
     )
     metrics = Metrics(manager.stats)
-    ctx = ServingContext(settings=settings, manager=manager, embedders=pool, metrics=metrics)
+    service = RagService(settings)
+    ctx = ServingContext(
+        settings=settings, manager=manager, embedders=pool, metrics=metrics, rag=service
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager.start()
         if preload_default and manager.default_model:
             manager.load_in_background(manager.default_model)
+        # The server owns the embedded vector store while it runs (one writer per store).
+        await anyio.to_thread.run_sync(service.open)
         try:
             yield
         finally:
+            await wait_closed(service)
             await manager.close()
             pool.close()
 
@@ -124,7 +132,7 @@ def create_app(
     )
     app.state.ctx = ctx
     errors.install(app)
-    for group in (generate, embeddings, models, health):
+    for group in (generate, embeddings, models, health, rag):
         app.include_router(group.router)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)

@@ -125,7 +125,24 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError("embedding_error", str(exc))
     if isinstance(exc, ModelStoreError):
         return APIError("invalid_request", str(exc))
-    return APIError("inference_error", GENERIC_MESSAGE)
+    return _rag_error(exc) or APIError("inference_error", GENERIC_MESSAGE)
+
+
+def _rag_error(exc: BaseException) -> APIError | None:
+    """Retrieval and indexing (serving/rag.py, pipelines.retrieve, pipelines.vectorstore)."""
+    from pipelines.retrieve import RetrievalError
+    from pipelines.vectorstore import CollectionNotFound, VectorStoreError
+    from serving.rag import RagIndexError, RunNotFoundError
+
+    if isinstance(exc, CollectionNotFound):
+        return APIError("invalid_request", str(exc), param="collection", status=404)
+    if isinstance(exc, RunNotFoundError):
+        return APIError("invalid_request", str(exc), param="run_id", status=404)
+    if isinstance(exc, RetrievalError):
+        return APIError("invalid_request", str(exc))
+    if isinstance(exc, RagIndexError | VectorStoreError):
+        return APIError("rag_index_error", str(exc))
+    return None
 
 
 def log_unexpected(exc: BaseException, request: Request | None = None) -> None:
@@ -220,4 +237,7 @@ def install(app: FastAPI) -> None:
     from serving.model_manager import ModelManagerError
 
     app.add_exception_handler(ModelManagerError, on_domain)
+    from pipelines.errors import ImpetusError
+
+    app.add_exception_handler(ImpetusError, on_domain)  # retrieval, vector store, index runs
     app.add_exception_handler(Exception, on_unexpected)

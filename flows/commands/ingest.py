@@ -64,9 +64,12 @@ def ingest(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise fail(f"no such file or directory: {', '.join(missing)}")
-    summary = _run(
-        "ingest", paths=[str(p.resolve()) for p in paths], collection=collection, prune=prune
-    )
+    resolved = [str(p.resolve()) for p in paths]
+    owner = _store_owner(settings())
+    if owner is not None:  # one writer: the server that owns the store runs the flow
+        summary = _hand_off(owner, resolved, collection, prune)
+    else:
+        summary = _run("ingest", paths=resolved, collection=collection, prune=prune)
     if as_json:
         echo_json(summary)
         return
@@ -79,6 +82,61 @@ def ingest(
     )
     if d["failed"]:
         typer.echo("see why with: impetus lineage PATH", err=True)
+
+
+def _store_owner(s: Settings) -> str | None:
+    """The URL of the running server that owns the embedded store, when this process cannot
+    open it; None when the store is free (this process will be its writer)."""
+    import httpx
+
+    from pipelines.vectorstore import StoreLockedError, create_store, store_path
+
+    try:
+        create_store(s).close()
+        return None
+    except StoreLockedError:
+        pass
+    url = f"http://{s.serve.host}:{s.serve.port}"
+    try:
+        status = httpx.get(f"{url}/v1/rag/status", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        status = None
+    store = (status or {}).get("store", {})
+    if not store.get("owned") or store.get("path") != str(store_path(s)):
+        raise fail(
+            f"the vector store at {store_path(s)} is open in another process and no server on "
+            f"{url} owns it; stop that process, or start `impetus serve` and run this again"
+        )
+    return url
+
+
+def _hand_off(url: str, paths: list[str], collection: str, prune: bool) -> dict[str, Any]:
+    """POST /v1/rag/index to the server and follow the run to its end with a progress bar."""
+    import time
+
+    import httpx
+
+    from flows.commands.rag import api_error
+
+    typer.secho(f"the store is owned by the server at {url}: handing the run to it", err=True)
+    body = {"paths": paths, "collection": collection, "prune": prune}
+    r = httpx.post(f"{url}/v1/rag/index", json=body, timeout=300)
+    if r.status_code != 202:
+        raise api_error(r)
+    run_id = r.json()["id"]
+    with progress("ingest") as update:
+        while True:
+            r = httpx.get(f"{url}/v1/rag/runs/{run_id}", timeout=30)
+            if r.status_code != 200:
+                raise api_error(r)
+            job = r.json()
+            for label, p in (job.get("progress") or {}).items():
+                update(label, p["done"], p["total"])
+            if job["status"] == "completed":
+                return dict(job["summary"])
+            if job["status"] == "failed":
+                raise fail(f"run {run_id} failed in the server: {job['error']}")
+            time.sleep(0.5)
 
 
 def reindex(collection: CollectionOpt = "default", as_json: JsonOpt = False) -> None:

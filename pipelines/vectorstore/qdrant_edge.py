@@ -225,6 +225,13 @@ class EdgeStore:
             must.append(q.FieldCondition(key=key, match=match))
         return q.Filter(must=must)
 
+    def optimize(self, collection: str) -> bool:
+        """Run the shard's segment optimizers now (HNSW index, merges, vacuum); True if any ran.
+
+        Qdrant Edge has no background optimizer: without this a collection stays in plain
+        segments that every search scans in full (about 90 ms at 100k 384-d points here)."""
+        return bool(self._shard(collection).optimize())
+
     # --- aliases -------------------------------------------------------------------------------
 
     def aliases(self) -> dict[str, str]:

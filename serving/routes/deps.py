@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from pipelines.settings import Settings
     from serving.metrics import Metrics
     from serving.model_manager import ModelManager
+    from serving.rag import RagService
     from serving.routes.embeddings import EmbedderPool
 
 
@@ -23,6 +24,7 @@ class ServingContext:
     manager: ModelManager
     embedders: EmbedderPool
     metrics: Metrics
+    rag: RagService | None = None  # retrieval and index runs (serving/rag.py)
     started_at: float = field(default_factory=time.time)
 
 

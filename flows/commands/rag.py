@@ -1,0 +1,240 @@
+"""`impetus search`, `impetus chat`, `impetus eval retrieval` and `impetus bench retrieval`.
+
+search and chat go through a running server when one answers on serve.host:serve.port (it owns
+the embedded store: one writer), else run in this process: search opens the store itself, chat
+runs the same app (serving/app.py) in-process without HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from flows.console import JsonOpt, domain_errors, echo_json, fail, settings
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+ModeOpt = Annotated[
+    str | None,
+    typer.Option("--mode", "-m", help="hybrid | dense | sparse (rag.search_mode)."),
+]
+CollectionOpt = Annotated[
+    str | None, typer.Option("--collection", "-c", help="Collection (rag.collection).")
+]
+
+eval_app = typer.Typer(
+    help="Evaluations: flows that log to MLflow and print a table.", no_args_is_help=True
+)
+
+
+def server_url(s: Settings) -> str | None:
+    """The base URL of a server answering on serve.host:serve.port, or None."""
+    import httpx
+
+    url = f"http://{s.serve.host}:{s.serve.port}"
+    try:
+        r = httpx.get(f"{url}/api/health/live", timeout=1.0)
+    except httpx.HTTPError:
+        return None
+    return url if r.status_code == 200 else None
+
+
+def api_error(r: Any) -> typer.Exit:
+    try:
+        message = r.json()["error"]["message"]
+    except Exception:
+        message = r.text[:500]
+    return fail(f"the server answered {r.status_code}: {message}")
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="What to search for.")],
+    collection: CollectionOpt = None,
+    k: Annotated[
+        int | None, typer.Option("-k", "--top-k", help="Chunks to return (rag.top_k).")
+    ] = None,
+    mode: ModeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a collection: ranked chunks with their source, score and text."""
+    s = settings()
+    if mode is not None and mode not in ("hybrid", "dense", "sparse"):
+        raise fail(f"--mode must be hybrid, dense or sparse, not {mode!r}")
+    hits = _search(s, query, collection, k, mode)
+    if as_json:
+        echo_json([{f: h[f] for f in ("chunk_id", "source", "score", "text")} for h in hits])
+        return
+    if not hits:
+        typer.echo("no matching chunks")
+    for i, h in enumerate(hits, 1):
+        where = h.get("section") or h["title"] or Path(h["source"]).name
+        text = " ".join(h["text"].split())
+        typer.echo(f"{i:>2}. {h['score']:.4f}  {where}  ({h['source']})")
+        typer.echo(f"    {text[:200]}{'…' if len(text) > 200 else ''}")
+
+
+def _search(
+    s: Settings, query: str, collection: str | None, k: int | None, mode: str | None
+) -> list[dict[str, Any]]:
+    from pipelines.errors import ImpetusError
+    from pipelines.vectorstore import StoreLockedError
+
+    try:
+        return _search_local(s, query, collection, k, mode)
+    except StoreLockedError:
+        pass  # a server owns the store: ask it
+    except ImpetusError as e:
+        raise fail(str(e)) from None
+    url = server_url(s)
+    if url is None:
+        raise fail(
+            "the vector store is locked by another process and no server answers on "
+            f"{s.serve.host}:{s.serve.port}; stop that process or start `impetus serve`"
+        )
+    import httpx
+
+    body = {"query": query, "collection": collection, "top_k": k, "mode": mode}
+    r = httpx.post(
+        f"{url}/v1/rag/search", json={k: v for k, v in body.items() if v is not None}, timeout=120
+    )
+    if r.status_code != 200:
+        raise api_error(r)
+    return list(r.json()["data"])
+
+
+def _search_local(
+    s: Settings, query: str, collection: str | None, k: int | None, mode: str | None
+) -> list[dict[str, Any]]:
+    from pipelines.retrieve import Retriever
+    from pipelines.vectorstore import create_store
+
+    store = create_store(s)  # raises StoreLockedError when a server owns it
+    try:
+
+        def embed(text: str) -> Any:
+            from pipelines.embed.dispatch import load_embedder
+
+            return load_embedder(s).encode([text]).vectors[0]
+
+        retriever = Retriever(store, s.rag, data_dir=s.data_dir, embed=embed)
+        hits = retriever.search(query, collection=collection, k=k, mode=mode)
+        return [h.to_dict() for h in hits]
+    finally:
+        store.close()
+
+
+def chat(
+    question: Annotated[str, typer.Argument(help="Your question.")],
+    no_rag: Annotated[bool, typer.Option("--no-rag", help="Answer without retrieval.")] = False,
+    collection: CollectionOpt = None,
+    mode: ModeOpt = None,
+    model: Annotated[str | None, typer.Option(help="LLM to answer with (models.llm).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a question, answered from your documents with numbered citations."""
+    s = settings()
+    payload: dict[str, Any] = {
+        "model": model or s.models.llm,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    if not no_rag:
+        payload["rag_mode"] = True
+        if collection:
+            payload["rag_collection"] = collection
+        if mode:
+            payload["rag_search_mode"] = mode
+    url = server_url(s)
+    with domain_errors():
+        status, body = _post(url, payload) if url else asyncio.run(_chat_in_process(s, payload))
+    if status != 200:
+        raise fail(f"chat failed ({status}): {body.get('error', {}).get('message', body)}")
+    if as_json:
+        echo_json(body)
+        return
+    typer.echo(body["choices"][0]["message"]["content"].strip())
+    cites = body.get("citations") or []
+    if cites:
+        typer.echo("\nSources:")
+        for c in cites:
+            typer.echo(f"  [{c['index']}] {c['title'] or Path(c['source']).name} ({c['source']})")
+
+
+def _post(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    import httpx
+
+    r = httpx.post(f"{url}/v1/chat/completions", json=payload, timeout=600)
+    return r.status_code, r.json()
+
+
+async def _chat_in_process(s: Settings, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The server's app, run in this process and called without a socket."""
+    import httpx
+
+    from serving.app import create_app
+    from serving.model_manager import ModelManager, mlx_engine_factory
+
+    app = create_app(s, manager=ModelManager.from_settings(s, mlx_engine_factory(s)))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://impetus") as client:
+            r = await client.post("/v1/chat/completions", json=payload, timeout=600)
+    return r.status_code, r.json()
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Option("--dataset", "-d", help='JSON lines {"q", "sources"}.')],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to search.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """hit@1/5/10, MRR@10 and nDCG@10 of dense, sparse and hybrid search; logged to MLflow."""
+    s = settings()
+    if not dataset.is_file():
+        raise fail(f"no such dataset: {dataset}")
+    from flows.commands.ingest import prefect_env
+    from flows.console import _State
+
+    prefect_env(s, _State.verbose)
+    from flows.eval_retrieval import eval_retrieval as flow
+    from pipelines.evaluate import DatasetError
+
+    try:
+        with domain_errors():
+            result = flow(str(dataset.resolve()), collection)
+    except DatasetError as e:
+        raise fail(str(e)) from None
+    if as_json:
+        echo_json(result)
+        return
+    typer.echo(result["table"])
+    typer.echo(f"\nMLflow run {result['mlflow_run_id']} ({s.data_dir / 'mlflow.db'})")
+
+
+def bench_retrieval(
+    chunks: Annotated[int, typer.Option(help="Synthetic chunks in the store.")] = 100_000,
+    queries: Annotated[int, typer.Option(help="Queries per search mode.")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search latency (p50/p95) of dense, sparse and hybrid over synthetic chunks; to MLflow."""
+    s = settings()
+    from flows.commands.ingest import prefect_env
+    from flows.console import _State
+
+    prefect_env(s, _State.verbose)
+    from flows.bench_retrieval import RetrievalBenchConfig
+    from flows.bench_retrieval import bench_retrieval as flow
+
+    with domain_errors():
+        result = flow(RetrievalBenchConfig(chunks=chunks, queries=queries))
+    if as_json:
+        echo_json(result)
+        return
+    typer.echo(result["table"])
+    typer.echo(f"\nMLflow run {result['mlflow_run_id']} ({s.data_dir / 'mlflow.db'})")

@@ -1,0 +1,79 @@
+"""`impetus search --json` and the one-writer hand-off: with a server owning the embedded store,
+`impetus ingest` (a subprocess) sends its work to the server and follows the run there."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.ingest import ingest
+from pipelines.settings import load_settings
+from serving.app import create_app
+from serving.model_manager import ModelManager
+from tests.flows.conftest import run_cli
+from tests.serving.fakes import FakeEngine
+from tests.serving.servers import uvicorn_server
+
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
+
+DOCS = {
+    "kepler.md": "# Orbits\n\nKepler's first law: planets move on ellipses with the sun at a focus.",
+    "yeast.txt": "Sourdough rises with a starter of wild yeast and lactic acid bacteria.",
+}
+
+
+def corpus(root: Path, docs: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in docs.items():
+        (root / name).write_text(text)
+    return root
+
+
+def test_search_json_shape(data_dir: Path, tmp_path: Path) -> None:
+    ingest([str(corpus(tmp_path / "docs", DOCS))], collection="c")
+    r = run_cli(["search", "wild yeast starter", "-c", "c", "-k", "2", "--json"], data_dir)
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert len(hits) == 2 and all(set(h) == {"chunk_id", "source", "score", "text"} for h in hits)
+    assert hits[0]["source"] == str((tmp_path / "docs" / "yeast.txt").resolve())
+    assert hits[0]["score"] >= hits[1]["score"]
+    bad = run_cli(["search", "x", "-c", "missing", "--mode", "sparse", "--json"], data_dir)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+@pytest.fixture
+def owning_server(data_dir: Path) -> Iterator[dict[str, Any]]:
+    """A server on data_dir: it opens, and so owns, the embedded store."""
+    settings = load_settings(data_dir=data_dir)
+    manager = ModelManager.from_settings(settings, lambda name, path: FakeEngine(name))
+    app = create_app(settings, manager=manager)
+    with uvicorn_server(app) as url:
+        yield {"url": url, "port": url.rsplit(":", 1)[1]}
+
+
+def test_ingest_hands_off_to_the_server_that_owns_the_store(
+    data_dir: Path, tmp_path: Path, owning_server: dict[str, Any]
+) -> None:
+    env = {"IMPETUS_SERVE__HOST": "127.0.0.1", "IMPETUS_SERVE__PORT": owning_server["port"]}
+    docs = corpus(tmp_path / "docs", DOCS)
+    r = run_cli(["ingest", str(docs), "-c", "c", "--json"], data_dir, **env)
+    assert r.returncode == 0, r.stderr
+    assert "handing the run to it" in r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["documents"]["new"] == 2 and summary["points_upserted"] >= 2
+    # the run is the server's flow run, recorded in lineage like any other
+    import httpx
+
+    run = httpx.get(f"{owning_server['url']}/v1/rag/runs/{summary['run_id']}", timeout=30).json()
+    assert run["status"] == "completed" and run["summary"] == summary
+    # search goes through the server too while it owns the store
+    r = run_cli(["search", "ellipses", "-c", "c", "--json"], data_dir, **env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["source"].endswith("kepler.md")
+    # with no server answering, a locked store is a clear error
+    r = run_cli(["ingest", str(docs), "-c", "c"], data_dir, IMPETUS_SERVE__PORT="9")
+    assert r.returncode == 1 and "no server on" in r.stderr
