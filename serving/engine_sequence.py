@@ -36,6 +36,7 @@ class Sequence:
     started: bool = False
     done: bool = False
     detokenizer: Any = None
+    matcher: Any = None  # an llguidance.LLMatcher when the output is constrained (structured.py)
 
     def on_token(
         self,

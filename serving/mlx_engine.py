@@ -58,6 +58,9 @@ class MLXEngineConfig:
     # MLX's CPU backend computes float16 about 100x slower than float32, and its quantized matmul
     # does not use BLAS: on the CPU, dequantize to float32 (OpenBLAS GEMMs); Metal keeps 4-bit.
     cpu_float32: bool = True
+    # A chat template without tool support gets Impetus's tool prompt (serving/tools.py); False
+    # turns such requests away with a 400 instead.
+    tool_prompt_fallback: bool = True
 
 
 @dataclass
@@ -117,6 +120,7 @@ class MLXEngine:
         self._vocab_size = 0
         self._weights_bytes = 0
         self._token_texts: dict[int, str] = {}
+        self._ll_tokenizer: Any = None  # llguidance's view of the tokenizer, built on first use
 
     @classmethod
     def load(
@@ -158,6 +162,7 @@ class MLXEngine:
         params = request.params
         validate_params(params, self._vocab_size)
         prompt = self._encode(request)
+        matcher = self._matcher(request)  # a schema llguidance cannot enforce is a 400 here
         param = "messages" if request.messages is not None else "prompt"
         if len(prompt) >= self._context:
             raise InvalidRequestError(
@@ -168,7 +173,7 @@ class MLXEngine:
         if self._admitted >= self.config.queue_limit:
             raise self._queue_full()
         max_tokens = min(params.max_tokens, self._context - len(prompt))
-        return self._stream(request.request_id, prompt, params, max_tokens)
+        return self._stream(request.request_id, prompt, params, max_tokens, matcher)
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._encode(request))
@@ -200,7 +205,12 @@ class MLXEngine:
             await asyncio.to_thread(self._thread.join)
 
     async def _stream(
-        self, request_id: str, prompt: list[int], params: SamplingParams, max_tokens: int
+        self,
+        request_id: str,
+        prompt: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        matcher: Any = None,
     ) -> AsyncIterator[Delta]:
         seq = Sequence(
             request_id=request_id,
@@ -210,6 +220,7 @@ class MLXEngine:
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),
             stops=StopStrings(params.stop),
+            matcher=matcher,
         )
         with self._slots:  # under the lock that close() takes: an admit never follows "close"
             if self._closed or not self._thread.is_alive():
@@ -244,12 +255,19 @@ class MLXEngine:
         if (request.prompt is None) == (request.messages is None):
             raise InvalidRequestError("Give exactly one of prompt and messages.", param="messages")
         tok = self._tokenizer
+        if request.messages is None and request.extra.get("tools") is not None:
+            raise InvalidRequestError(
+                "tools are for /v1/chat/completions (they need the chat template).", param="tools"
+            )
         with self._tok_lock:
             if request.messages is not None:
                 if not request.messages:
                     raise InvalidRequestError("messages must not be empty.", param="messages")
+                messages, template_args = self._with_tools(request)
                 try:
-                    ids: Any = tok.apply_chat_template(request.messages, add_generation_prompt=True)
+                    ids: Any = tok.apply_chat_template(
+                        messages, add_generation_prompt=True, **template_args
+                    )
                 except Exception as exc:
                     raise InvalidRequestError(
                         f"The model's chat template rejected the messages: {exc}", param="messages"
@@ -263,6 +281,56 @@ class MLXEngine:
         if not ids:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
         return [int(t) for t in ids]
+
+    def _with_tools(
+        self, request: GenerationRequest
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages and template arguments that render the request's tools (serving/tools.py)."""
+        from serving import tools
+
+        assert request.messages is not None
+        plan = tools.plan(request.extra)
+        has_tool_turns = any(
+            m.get("role") == "tool" or m.get("tool_calls") for m in request.messages
+        )
+        if plan is None and not has_tool_turns:
+            return request.messages, {}
+        if tools.template_supports_tools(getattr(self._tokenizer, "chat_template", None)):
+            return request.messages, ({"tools": tools.native_tools(plan)} if plan else {})
+        if not self.config.tool_prompt_fallback:
+            raise InvalidRequestError(
+                f"Model {self.model_name!r} has a chat template without tool support; use a model "
+                "whose template renders tools, or drop tools and tool_choice.",
+                param="tools",
+            )
+        return tools.fallback_messages(request.messages, plan), {}
+
+    def _matcher(self, request: GenerationRequest) -> Any:
+        """The request's grammar matcher (serving/structured.py), or None for free text."""
+        from serving import structured, tools
+
+        extra = request.extra
+        if extra.get("response_format") is None and extra.get("tools") is None:
+            return None
+        chat = request.messages is not None
+        constraint = structured.from_request(extra, tools.plan(extra) if chat else None, chat=chat)
+        if constraint is None:
+            return None
+        with self._tok_lock:
+            if self._ll_tokenizer is None:
+                import llguidance.hf
+
+                try:
+                    self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                        self._tokenizer._tokenizer, eos_token=sorted(self._eos_ids)[0]
+                    )
+                except ValueError as exc:  # llguidance reads fast (Rust) tokenizers only
+                    raise InvalidRequestError(
+                        f"Model {self.model_name!r} cannot do structured outputs or forced tool "
+                        f"calls: {exc}.",
+                        param=constraint.param,
+                    ) from exc
+        return structured.compile_matcher(constraint, self._ll_tokenizer)
 
     # -- the engine thread: the only place that touches MLX ---------------------------------------
 
@@ -310,6 +378,11 @@ class MLXEngine:
         )
         self._live: dict[int, Sequence] = {}
         self._steps = 0
+        from serving.engine_grammar import GrammarStep
+
+        self._grammar = GrammarStep(
+            int(cfg.get("vocab_size", 0)) or self._vocab_size, sorted(self._eos_ids)
+        )
         self._gen = self._new_generator()
         self._tokenizer = tokenizer
 
@@ -365,13 +438,23 @@ class MLXEngine:
                 else:
                     c.hits += 1
             seq.cached_tokens = len(seq.prompt) - len(rest)
+            sampler = make_sampler(seq.params, self._vocab_size)
+            processors = make_logits_processors(seq.params, len(seq.prompt))
+            if seq.matcher is not None:
+                from serving.engine_grammar import constrain
+
+                n_vocab = self._ll_tokenizer.vocab_size
+                proc, sampler = constrain(
+                    seq.matcher, n_vocab, len(seq.prompt), self._grammar, sampler
+                )
+                processors.append(proc)
             (seq.uid,) = self._gen.insert(
                 [rest],
                 max_tokens=[seq.max_tokens],
                 caches=[cache] if cache is not None else None,
                 all_tokens=[seq.prompt[: seq.cached_tokens]],
-                samplers=[make_sampler(seq.params, self._vocab_size)],
-                logits_processors=[make_logits_processors(seq.params, len(seq.prompt))],
+                samplers=[sampler],
+                logits_processors=[processors],
                 stop_sequences=[self._eos_stops],
             )
             seq.detokenizer = self._tokenizer.detokenizer
@@ -441,6 +524,12 @@ class MLXEngine:
             self._counters.running += 1
         if r.finish_reason != "stop":
             self._counters.generation_tokens_total += 1
+        if seq.matcher is not None and r.finish_reason != "stop" and seq.matcher.is_stopped():
+            # The grammar is complete with this token (its processor has consumed it): end now,
+            # without a step for end-of-sequence, and as "stop" even on the last allowed token.
+            delta = seq.on_token(r.token, "length", r.logprobs, self._token_text)
+            delta.finish_reason = "stop"
+            return delta
         return seq.on_token(r.token, r.finish_reason, r.logprobs, self._token_text)
 
     def _token_text(self, token: int) -> str:

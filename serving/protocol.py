@@ -248,6 +248,7 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = ""
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape (serving/tools.py)
 
 
 class ChatChoice(BaseModel):

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
+from serving import tools
 from serving.engine import Delta, Engine, EngineError, GenerationRequest, TokenLogprob
 from serving.errors import GENERIC_MESSAGE, log_unexpected, to_api_error
 from serving.protocol import (
@@ -376,6 +377,14 @@ async def chat_completions(
     request_id = _new_id("chatcmpl")
     messages = [m.for_engine() for m in body.messages]
     extra = dict(body.model_extra or {})
+    # RAG (serving/rag.py): retrieval on the last user message, sources in a system message, and
+    # `citations` on the answer (in the first chunk of a stream). The engine never sees rag_*.
+    citations: list[dict[str, Any]] | None = None
+    if "rag_mode" in extra and ctx.rag is not None:
+        grounding = await ctx.rag.ground(ctx, body.model, messages, extra)
+        if grounding is not None:
+            messages, citations = grounding.messages, grounding.citations
+    extra = {k: v for k, v in extra.items() if not k.startswith("rag_")}
     reqs = _sampling_requests(
         request_id,
         body.n,
@@ -384,11 +393,13 @@ async def chat_completions(
             request_id, messages=messages, params=body.sampling(), extra=extra
         ),
     )
+    tool_plan = tools.plan(extra)  # tools, tool_choice, parallel_tool_calls (serving/tools.py)
     gen, waiting = await _run(ctx, body.model, reqs, body.stream)
     created = int(time.time())
     if not body.stream:
         if not await _collect(request, gen):
             return Response(status_code=499)
+        finished = [tools.finish_message(s.text, s.finish_reason, tool_plan) for s in gen.seqs]
         result = ChatCompletion(
             id=request_id,
             created=created,
@@ -396,15 +407,20 @@ async def chat_completions(
             choices=[
                 ChatChoice(
                     index=i,
-                    message=AssistantMessage(content=s.text),
-                    finish_reason=s.finish_reason,
+                    message=AssistantMessage(content=content, tool_calls=calls),
+                    finish_reason=reason,
                     logprobs=_chat_logprobs(s.logprobs) if body.logprobs else None,
                 )
-                for i, s in enumerate(gen.seqs)
+                for i, (s, (content, calls, reason)) in enumerate(
+                    zip(gen.seqs, finished, strict=True)
+                )
             ],
             usage=gen.usage(),
         )
-        return JSONResponse(result.model_dump(mode="json"))
+        payload = result.model_dump(mode="json")
+        if citations is not None:
+            payload["citations"] = citations
+        return JSONResponse(payload)
 
     def chunk(index: int, delta: dict[str, Any], **fields: Any) -> dict[str, Any]:
         return {
@@ -422,7 +438,19 @@ async def chat_completions(
             ],
         }
 
+    call_streams = [tools.stream_for(tool_plan) for _ in range(body.n)]
+
     def chunks(i: int, delta: Delta) -> list[dict[str, Any]]:
+        calls = call_streams[i]
+        if calls is not None:  # content and tool-call deltas, the way OpenAI streams them
+            parts = calls.feed(delta.text)
+            if delta.finish_reason is None:
+                return [chunk(i, part) for part in parts]
+            parts += calls.finish()
+            reason = "tool_calls" if calls.calls and delta.finish_reason == "stop" else None
+            return [chunk(i, p) for p in parts] + [
+                chunk(i, {}, finish_reason=reason or delta.finish_reason)
+            ]
         out = []
         if delta.text or delta.logprobs:
             lps = (
@@ -444,6 +472,8 @@ async def chat_completions(
         return [last]
 
     head = [chunk(i, {"role": "assistant", "content": ""}) for i in range(body.n)]
+    if citations is not None:
+        head[0]["citations"] = citations
     return _stream(gen, chunks, head, tail, waiting)
 
 

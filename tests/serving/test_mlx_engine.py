@@ -301,3 +301,37 @@ def test_close_ends_pending_requests(model_path: Path) -> None:
 
     asyncio.run(scenario())
     assert eng.stats().memory_bytes == 0
+
+
+def test_constrained_requests_share_the_batch_and_match_solo(engine: MLXEngine) -> None:
+    """A response_format request decodes inside the continuous batch (serving/engine_grammar.py),
+    next to free requests, and gives the same greedy output as alone."""
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "sunny": {"type": "boolean"}},
+        "required": ["city", "sunny"],
+        "additionalProperties": False,
+    }
+    fmt = {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+
+    def constrained(rid: str) -> GenerationRequest:
+        r = req(rid, messages=[{"role": "user", "content": "Weather as JSON."}], max_tokens=40)
+        r.extra = fmt
+        return r
+
+    solo = run(engine, constrained("js"))
+    assert solo[-1].finish_reason == "stop"
+    assert set(json.loads(text(solo))) == {"city", "sunny"}
+    seen: list[int] = []
+
+    async def together() -> list[list[Delta]]:
+        free = [
+            collect(engine, req(f"f{i}", prompt=f"Story {i}:", max_tokens=16)) for i in range(2)
+        ]
+        return await asyncio.gather(collect(engine, constrained("jb"), seen), *free)
+
+    batched = asyncio.run(together())[0]
+    assert max(seen) > 1, "the constrained request never shared a batch"
+    assert text(batched) == text(solo)
