@@ -17,6 +17,11 @@ of the run (`stale_points`), so a search never finds a changed document missing;
 process is killed at, the next run finds the leftovers the same way and, ids being deterministic,
 ends in the state of an uninterrupted run.
 
+A document's parsed elements, chunks and settings go to the tasks wrapped in `quote`: Prefect
+otherwise walks every argument, element by element, looking for upstream futures (there are none:
+tasks are called, not submitted), and that walk was most of the flow's overhead per task run
+(`impetus bench ingest` measures it).
+
 Test hook: `IMPETUS_TEST_CRASH_AT=<step>[:N]` SIGKILLs the process the N-th time (default first)
 the flow reaches <step>, one of: discover, load_embedder, parse, chunk, check_chunks, embed,
 check_vectors, record_chunks, upsert, record, prune, find_stale, delete, mark_deleted, switch,
@@ -28,15 +33,18 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 if TYPE_CHECKING:
     from pipelines.discover import Discovery
@@ -210,6 +218,23 @@ def switch_alias(store: VectorStore, alias: str, physical: str) -> None:
     store.set_alias(alias, physical)
 
 
+@task(name="sparse-index", cache_policy=NO_CACHE, **TRANSIENT)
+def sparse_index(store: VectorStore, physical: str, settings: Settings, changed: bool) -> int:
+    """Rebuild the collection's BM25 index when the run changed it (or it is missing/stale)."""
+    from pipelines.retrieve import Retriever
+
+    retriever = Retriever(store, settings.rag, data_dir=settings.data_dir)
+    index = retriever.build_sparse_index(physical) if changed else retriever.sparse_index(physical)
+    return len(index)
+
+
+@task(name="optimize", cache_policy=NO_CACHE, **TRANSIENT)
+def optimize(store: VectorStore, physical: str) -> bool:
+    """Build the vector index now where the store does not on its own (Qdrant Edge)."""
+    run = getattr(store, "optimize", None)
+    return bool(run(physical)) if run is not None else False
+
+
 @task(name="drop-collection", cache_policy=NO_CACHE, **TRANSIENT)
 def drop_collection(store: VectorStore, physical: str) -> None:
     """Drop an old physical collection after the switch."""
@@ -218,6 +243,7 @@ def drop_collection(store: VectorStore, physical: str) -> None:
 
 # --- progress and the crash hook ----------------------------------------------------------------
 
+T = TypeVar("T")
 ProgressFn = Callable[[str, int, int], None]
 _progress: list[ProgressFn] = []
 
@@ -248,6 +274,38 @@ def _crash_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# --- the process that owns the store -----------------------------------------------------------
+
+# A server that owns the embedded store (one writer) runs the flows inside itself with its own
+# settings and its open store, instead of the process settings and a store of their own.
+_bound: ContextVar[tuple[Settings, VectorStore] | None] = ContextVar(
+    "impetus_ingest_bound", default=None
+)
+
+
+@contextmanager
+def bound(settings: Settings, store: VectorStore) -> Iterator[None]:
+    """Run the flows called inside this block with `settings` and the already open `store`."""
+    token = _bound.set((settings, store))
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def _settings() -> Settings:
+    from pipelines.settings import get_settings
+
+    b = _bound.get()
+    return b[0] if b is not None else get_settings()
+
+
+def _close_store(store: VectorStore) -> None:
+    b = _bound.get()
+    if b is None or b[1] is not store:  # a bound store belongs to its owner
+        store.close()
+
+
 # --- flows ------------------------------------------------------------------------------------
 
 
@@ -275,6 +333,11 @@ class _Run:
         }
 
 
+def _as_is(value: T) -> T:
+    """`value` wrapped in Prefect's `quote`: handed to the task unchanged and never walked."""
+    return cast(T, quote(value))
+
+
 def _index_document(run: _Run, doc: SourceDocument, state: str) -> None:
     """parse → chunk → check → embed → check → intent → upsert → commit, for one document."""
     s, v = run.settings, run.version
@@ -288,27 +351,29 @@ def _index_document(run: _Run, doc: SourceDocument, state: str) -> None:
         _crash_point("parse")
         parsed = parse(doc)
         _crash_point("chunk")
-        chunks = chunk(parsed, run.embedder, s, v)
+        chunks = chunk(_as_is(parsed), run.embedder, _as_is(s), v)
         _crash_point("check_chunks")
-        result = check_chunks(chunks, run.embedder.max_seq_length)
+        result = check_chunks(_as_is(chunks), run.embedder.max_seq_length)
         quality.append({"stage": "chunks", **result.to_dict()})
         if not result.passed:
             return fail("quarantined", result.reason)
         _crash_point("embed")
-        vectors = embed(run.embedder, chunks, s.embedding.batch_size)
+        vectors = embed(run.embedder, _as_is(chunks), s.embedding.batch_size)
         run.counts["chunks_embedded"] += len(chunks)
         _crash_point("check_vectors")
-        result = check_vectors(chunks, vectors, run.embedder.dim)
+        result = check_vectors(_as_is(chunks), vectors, run.embedder.dim)
         quality.append({"stage": "vectors", **result.to_dict()})
         if not result.passed:
             return fail("quarantined", result.reason)
         _crash_point("record_chunks")
-        record_chunks(run.lineage, run.run_id, run.collection, chunks, v)
+        record_chunks(run.lineage, run.run_id, run.collection, _as_is(chunks), v)
         _crash_point("upsert")
-        run.counts["points_upserted"] += upsert(run.store, run.collection, chunks, vectors, v)
+        run.counts["points_upserted"] += upsert(
+            run.store, run.collection, _as_is(chunks), vectors, v
+        )
         _crash_point("record")
         ids = [c.chunk_id for c in chunks]
-        record_indexed(run.lineage, run.run_id, run.collection, doc, v, ids, quality)
+        record_indexed(run.lineage, run.run_id, run.collection, doc, v, _as_is(ids), quality)
         run.counts[state] += 1
     except Exception as e:  # one document fails alone; its reason is recorded, the run goes on
         reason = (
@@ -346,11 +411,12 @@ def _open(settings: Settings) -> tuple[VectorStore, Lineage]:
     from pipelines.lineage import Lineage
     from pipelines.vectorstore import create_store
 
-    store = create_store(settings)
+    b = _bound.get()
+    store = b[1] if b is not None else create_store(settings)
     try:
         return store, Lineage.open(settings)
     except BaseException:
-        store.close()
+        _close_store(store)
         raise
 
 
@@ -369,10 +435,9 @@ def _start(settings: Settings, store: VectorStore, lineage: Lineage, physical_fo
 @flow(name="ingest", validate_parameters=False)
 def ingest(paths: list[str], collection: str = "default", prune: bool = False) -> dict[str, Any]:
     """Ingest files and folders into `collection`; with `prune`, delete documents now gone."""
-    from pipelines.settings import get_settings
     from pipelines.vectorstore import prepare_collection
 
-    settings = get_settings()
+    settings = _settings()
     _crash_point("discover")
     found = discover(paths)
     store, lineage = _open(settings)
@@ -391,6 +456,10 @@ def ingest(paths: list[str], collection: str = "default", prune: bool = False) -
             gone = prune_documents(lineage, run.run_id, run.collection, list(paths), found.doc_ids)
             run.counts["deleted"] += len(gone)
         _collect_garbage(run)
+        changed = bool(run.counts["points_upserted"] or run.counts["points_deleted"])
+        sparse_index(store, run.collection, settings, changed)
+        if changed:
+            optimize(store, run.collection)
         _crash_point("finish")
         lineage.finish_run(run.run_id, "completed", run.summary())
         return run.summary()
@@ -400,7 +469,7 @@ def ingest(paths: list[str], collection: str = "default", prune: bool = False) -
         raise
     finally:
         lineage.close()
-        store.close()
+        _close_store(store)
 
 
 @flow(name="reindex", validate_parameters=False)
@@ -410,10 +479,9 @@ def reindex(collection: str = "default") -> dict[str, Any]:
 
     Until the switch every search is answered by the old physical collection."""
     from pipelines.discover import discover_documents
-    from pipelines.settings import get_settings
     from pipelines.vectorstore import CollectionNotFound, physical_name
 
-    settings = get_settings()
+    settings = _settings()
     store, lineage = _open(settings)
     run: _Run | None = None
     try:
@@ -438,6 +506,8 @@ def reindex(collection: str = "default") -> dict[str, Any]:
                 states = classify(lineage, run.collection, found.documents, run.version)
                 _index_all(run, found, states)
             _collect_garbage(run)
+            sparse_index(store, run.collection, settings, True)
+            optimize(store, run.collection)
             _crash_point("switch")
             switch_alias(store, collection, run.collection)
             result["dropped"] = _drop_old_versions(
@@ -452,7 +522,7 @@ def reindex(collection: str = "default") -> dict[str, Any]:
         raise
     finally:
         lineage.close()
-        store.close()
+        _close_store(store)
 
 
 def _drop_old_versions(run: _Run, collection: str, keep: int) -> list[str]:

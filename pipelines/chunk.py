@@ -76,6 +76,8 @@ def chunk_document(
     doc = parsed.doc
     chunks: list[Chunk] = []
     for section in _sections(parsed.elements):
+        if cfg.max_chunks and len(chunks) >= cfg.max_chunks:
+            break
         for units, overlap_used in _pack(
             _units(section, counter, budget), counter, budget, overlap
         ):
@@ -102,7 +104,7 @@ def chunk_document(
                     },
                 )
             )
-    return chunks
+    return chunks[: cfg.max_chunks] if cfg.max_chunks else chunks
 
 
 class _TokenCounter:

@@ -26,9 +26,12 @@ def version_inputs(settings: Settings, embedder: Embedder) -> dict[str, Any]:
     from pipelines.chunk import CHUNKER_VERSION
     from pipelines.parse import PARSER_VERSION
 
+    chunking = settings.chunking.model_dump()
+    if not chunking["max_chunks"]:
+        del chunking["max_chunks"]  # uncapped: the same version as before the setting existed
     return {
         "parser": PARSER_VERSION,
-        "chunker": {"version": CHUNKER_VERSION, **settings.chunking.model_dump()},
+        "chunker": {"version": CHUNKER_VERSION, **chunking},
         "embedder": {
             "name": embedder.name,
             "dim": embedder.dim,

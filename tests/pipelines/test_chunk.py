@@ -193,3 +193,18 @@ def test_full_settings_object_is_accepted(embedder: Embedder, markdown: ParsedDo
 def test_overlap_must_be_at_most_half() -> None:
     with pytest.raises(pydantic.ValidationError, match="at most half"):
         ChunkingSettings(max_tokens=64, overlap_tokens=40)
+
+
+def test_max_chunks_keeps_each_documents_first_chunks(
+    embedder: Embedder, markdown: ParsedDocument
+) -> None:
+    from pipelines.version import version_inputs
+
+    every = chunk_document(markdown, embedder, SMALL, "v1")
+    capped = SMALL.model_copy(update={"max_chunks": 2})
+    assert len(every) > 2
+    assert chunk_document(markdown, embedder, capped, "v1") == every[:2]
+    # Uncapped, the setting is left out of the pipeline version (existing indexes stay current).
+    assert "max_chunks" not in version_inputs(load_settings(), embedder)["chunker"]
+    capped_settings = load_settings(chunking={"max_chunks": 2})
+    assert version_inputs(capped_settings, embedder)["chunker"]["max_chunks"] == 2
