@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3))
 PYTEST_ARGS ?=
 
-.PHONY: help setup uv apt sync models up test test-fast lint fmt clean
+.PHONY: help setup uv apt sync models up test test-fast lint fmt clean corpus eval-retrieval
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -58,5 +58,36 @@ fmt:  ## Format and fix what ruff can.
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
 
+corpus: sync  ## Fetch Debian's python3.11-doc HTML into data_dir (apt-get download + dpkg -x) and link the eval subset.
+	$(UV) run --frozen python -m pipelines.corpora python-docs --subset
+
+eval-retrieval: corpus  ## Ingest the python-docs subset and score dense/sparse/hybrid on data/eval/python-docs.jsonl.
+	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen impetus ingest $$($(UV) run --frozen python -c "from pipelines.settings import get_settings; print(get_settings().data_dir / 'corpora' / 'python-docs-subset')") --collection python-docs
+	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen impetus eval retrieval --dataset data/eval/python-docs.jsonl --collection python-docs
+
 clean:  ## Remove runtime state (data/state) and caches, keep .venv.
 	rm -rf data/state .pytest_cache .mypy_cache .ruff_cache
+
+# --- Prefect: a server with its UI, the deployments of prefect.yaml, a worker that runs them -----
+# State under data_dir (data/state/prefect, or $IMPETUS_DATA_DIR/prefect), analytics off, 127.0.0.1.
+PREFECT_PORT ?= 4200
+PREFECT_POOL ?= impetus
+PREFECT_ENV = PREFECT_HOME="$${IMPETUS_DATA_DIR:-data/state}/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
+
+.PHONY: prefect-server prefect-deploy prefect-worker
+
+prefect-server: sync  ## Prefect server and UI on http://127.0.0.1:4200 (runs in the foreground).
+	@mkdir -p "$${IMPETUS_DATA_DIR:-data/state}/prefect"
+	$(PREFECT_ENV) $(UV) run --frozen prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# Prefect 3.8.8's `prefect deploy` exits 1 after creating the deployments (its post-deploy check of
+# online workers sends `limit: null`, which its own server rejects): success is the deployment.
+prefect-deploy: sync  ## Create the process work pool (once) and the deployments of prefect.yaml.
+	@$(PREFECT_ENV) $(UV) run --frozen prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || \
+	  $(PREFECT_ENV) $(UV) run --frozen prefect work-pool create $(PREFECT_POOL) --type process
+	@$(PREFECT_ENV) $(UV) run --frozen prefect --no-prompt deploy --all || \
+	  $(PREFECT_ENV) $(UV) run --frozen prefect deployment inspect ingest/nightly-reindex >/dev/null
+
+prefect-worker: prefect-deploy  ## A worker that runs the deployments' flow runs (foreground).
+	$(PREFECT_ENV) $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen prefect worker start --pool $(PREFECT_POOL)

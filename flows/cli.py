@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import bench, ingest, models, serve, up
+from flows.commands import bench, ingest, models, rag, serve, up
 from flows.console import set_verbose
 
 app = typer.Typer(
@@ -30,6 +30,10 @@ app.command("lineage")(ingest.lineage)
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
 app.add_typer(bench.app, name="bench")
+app.command("search")(rag.search)
+app.command("chat")(rag.chat)
+app.add_typer(rag.eval_app, name="eval")
+bench.app.command("retrieval")(rag.bench_retrieval)
 
 
 @app.callback()

@@ -55,7 +55,9 @@ class SourceDocument:
     def from_path(cls, path: Path) -> SourceDocument:
         path = path.resolve()
         stat = path.stat()
-        return cls(doc_id_for(str(path)), str(path), content_hash_of(path), stat.st_size, stat.st_mtime)
+        return cls(
+            doc_id_for(str(path)), str(path), content_hash_of(path), stat.st_size, stat.st_mtime
+        )
 
 
 @dataclass

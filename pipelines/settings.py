@@ -51,6 +51,9 @@ class ChunkingSettings(_Section):
     max_tokens: int = Field(default=256, ge=16, le=8192)
     # Tokens repeated from the end of one chunk at the start of the next within a long section.
     overlap_tokens: int = Field(default=32, ge=0)
+    # Keep only each document's first N chunks (0: all). For quick, partial indexes such as
+    # `impetus bench ingest --max-chunks`; a capped index is its own pipeline version.
+    max_chunks: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _overlap_below_half(self) -> ChunkingSettings:
@@ -96,6 +99,32 @@ class ServeSettings(_Section):
     embedding_batch_tokens: int = Field(default=8192, ge=1)
 
 
+class RagSettings(_Section):
+    """Retrieval and grounded chat (pipelines/retrieve/, pipelines/prompt.py, /v1/rag/*)."""
+
+    # Collection searched when a request or command names none.
+    collection: str = "default"
+    # hybrid: dense + BM25 fused by reciprocal rank; dense: vectors only; sparse: BM25 only.
+    search_mode: Literal["hybrid", "dense", "sparse"] = "hybrid"
+    # Chunks retrieved per question (a request's rag_top_k wins).
+    top_k: int = Field(default=5, ge=1, le=100)
+    # Candidates each retriever contributes to the fusion (at least top_k).
+    candidates: int = Field(default=50, ge=1, le=1000)
+    # Reciprocal rank fusion: score = sum over retrievers of weight / (rrf_k + rank).
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=1.0, ge=0)
+    sparse_weight: float = Field(default=1.0, ge=0)
+    # BM25 parameters (term-frequency saturation, length normalisation).
+    bm25_k1: float = Field(default=1.2, ge=0)
+    bm25_b: float = Field(default=0.75, ge=0, le=1)
+    # Tokens of the serving LLM that retrieved context may take in a grounded chat prompt.
+    context_tokens: int = Field(default=1024, ge=64)
+    # Characters of a chunk shown as a citation's snippet.
+    snippet_chars: int = Field(default=240, ge=0)
+    # rag_mode "auto" retrieves only when the best chunk scores at least this (dense cosine).
+    auto_min_score: float = Field(default=0.3, ge=-1, le=1)
+
+
 class LogSettings(_Section):
     """Structured logging: one line per event on stderr."""
 
@@ -119,6 +148,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     vector_store: VectorStoreSettings = VectorStoreSettings()
     serve: ServeSettings = ServeSettings()
+    rag: RagSettings = RagSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("data_dir")

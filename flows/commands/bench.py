@@ -3,6 +3,7 @@ print a table."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -67,7 +68,18 @@ def bench_ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """The `ingest` flow vs the pipeline functions called directly: docs/s, chunks/s, step shares."""
+    from flows.console import fail
+
+    if corpus is not None and not Path(corpus).is_dir():
+        raise fail(f"--corpus {corpus}: not a folder")
     s = settings()
+    if corpus is None:
+        from pipelines.corpora import CorpusError, python_docs
+
+        try:
+            python_docs(s.data_dir)  # fetched once, before any flow starts
+        except CorpusError as e:
+            raise fail(str(e)) from None
     from flows.commands.ingest import prefect_env
     from flows.console import _State
 
@@ -82,4 +94,34 @@ def bench_ingest(
         echo_json(result)
         return
     typer.echo(result["table"])
-    typer.echo(f"\nMLflow run {result['run_id']} ({s.data_dir / 'mlflow.db'}); state in {result['state']}")
+    typer.echo(
+        f"\nMLflow run {result['run_id']} ({s.data_dir / 'mlflow.db'}); state in {result['state']}"
+    )
+
+
+@app.command("structured")
+def bench_structured(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI-sized: 16 tokens, one round, one repetition.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Aggregate tok/s at 8 streams with half of them JSON-schema constrained vs none (≥ 0.9×)."""
+    s = settings()
+    from flows.commands.ingest import prefect_env
+    from flows.console import _State
+
+    prefect_env(s, _State.verbose)
+    from flows.bench_structured import StructuredBenchConfig
+    from flows.bench_structured import bench_structured as flow
+
+    cfg = StructuredBenchConfig.quick_config() if quick else StructuredBenchConfig()
+    with domain_errors():
+        result = flow(cfg)
+    if as_json:
+        echo_json(result)
+        return
+    typer.echo(result["table"])
+    typer.echo(
+        f"\nMLflow run {result['run_id']} ({s.data_dir / 'mlflow.db'}); logs in {result['logs']}"
+    )

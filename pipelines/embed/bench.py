@@ -33,7 +33,9 @@ def main() -> None:
     args = parser.parse_args()
 
     embedder = load_embedder(load_settings(embedding={"backend": "mlx"}))
-    ids = embedder.tokenize(_TEXT * 20)[: args.tokens - 4]  # room for [CLS], [SEP] and re-tokenizing
+    ids = embedder.tokenize(_TEXT * 20)[
+        : args.tokens - 4
+    ]  # room for [CLS], [SEP] and re-tokenizing
     chunk = embedder.decode(ids)
     texts = [chunk] * args.chunks
     embedder.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
