@@ -43,7 +43,7 @@ from pipelines.errors import ImpetusError
 from pipelines.records import Element, ParsedDocument, SourceDocument
 
 # Bump when the offline NLP or the element post-processing changes what parsing produces.
-_NLP_REVISION = 1
+_NLP_REVISION = 2
 
 SUPPORTED_EXTENSIONS: dict[str, str] = {
     ".md": "md",
@@ -97,7 +97,11 @@ def parse_document(doc: SourceDocument) -> ParsedDocument:
     except Exception as e:  # every parser has its own exception zoo; the reason is what matters
         raise ParseError(f"{path}: cannot parse as {kind}: {type(e).__name__}: {e}") from e
     elements = [el for el in (_plain(r) for r in raw) if el is not None]
-    title = next((e.text for e in elements if e.category == "Title"), None) or _title_from(path)
+    title = (
+        (_html_title(path) if kind == "html" else None)
+        or next((e.text for e in elements if e.category == "Title"), None)
+        or _title_from(path)
+    )
     return ParsedDocument(doc=doc, title=title, elements=elements)
 
 
@@ -316,6 +320,19 @@ def _plain(raw: Any) -> Element | None:
     meta = raw.metadata.to_dict() if getattr(raw, "metadata", None) is not None else {}
     metadata = {k: meta[k] for k in _KEPT_METADATA if meta.get(k) is not None}
     return Element(text=text, category=category, metadata=metadata)
+
+
+def _html_title(path: Path) -> str | None:
+    # The page's <title> names the document; its first heading is often site chrome (Sphinx
+    # pages start with a "Navigation" heading).
+    from bs4 import BeautifulSoup
+
+    try:
+        head = BeautifulSoup(path.read_bytes(), "lxml").title
+    except Exception:
+        return None
+    text = " ".join(head.get_text().split()) if head is not None else ""
+    return text or None
 
 
 def _title_from(path: Path) -> str:

@@ -177,3 +177,14 @@ def test_parsing_is_deterministic() -> None:
 def test_parser_version_names_the_offline_nlp() -> None:
     assert PARSER_VERSION.startswith("unstructured-0.")
     assert "offline-nlp" in PARSER_VERSION
+
+
+def test_html_title_comes_from_the_title_element(tmp_path: Path) -> None:
+    page = tmp_path / "tempfile.html"
+    page.write_text(
+        "<html><head><title>tempfile — Generate temporary files</title></head><body>"
+        "<h3>Navigation</h3><p>index modules</p><h1>tempfile</h1>"
+        "<p>This module creates temporary files and directories.</p></body></html>"
+    )
+    parsed = parse_document(SourceDocument.from_path(page))
+    assert parsed.title == "tempfile — Generate temporary files"
