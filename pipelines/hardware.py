@@ -131,7 +131,7 @@ def detect() -> HardwareInfo:
     try:
         import mlx.core as mx
 
-        mlx_version = mx.__version__
+        mlx_version = str(getattr(mx, "__version__", "unknown"))
         mlx_device = str(mx.default_device())
         metal = bool(mx.metal.is_available())
         cuda = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())

@@ -357,20 +357,17 @@ def mlx_engine_factory(settings: Settings) -> EngineFactory:
     """The production factory: `serving.mlx_engine.MLXEngine.load(path, name, ...)`, imported lazily
     so that the app starts without importing MLX."""
     s = settings.serve
-    options = {
-        "queue_limit": s.queue_limit,
-        "max_batch_size": s.max_batch_size,
-        "prefix_cache_bytes": s.prefix_cache_bytes,
-        "retry_after": s.retry_after_s,
-    }
 
     def factory(name: str, path: Path) -> Engine:
         from serving.mlx_engine import MLXEngine
 
-        params = inspect.signature(MLXEngine.load).parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in options.items() if takes_all or k in params}
-        engine: Engine = MLXEngine.load(path, name, **kwargs)
-        return engine
+        return MLXEngine.load(
+            path,
+            name,
+            queue_limit=s.queue_limit,
+            max_batch_size=s.max_batch_size,
+            prefix_cache_bytes=s.prefix_cache_bytes,
+            retry_after=s.retry_after_s,
+        )
 
     return factory
