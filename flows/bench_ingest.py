@@ -377,15 +377,10 @@ def _log_mlflow(
 ) -> str:
     import mlflow
 
-    from flows.bench_serving import tracking_uri
+    from flows.tracking import use_experiment
     from pipelines.hardware import detect
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(settings))
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = (settings.data_dir / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment(settings, EXPERIMENT)
     hw = detect()
     corpus = cfg.corpus or "python3.11-doc"
     with mlflow.start_run(run_name=f"{corpus.rsplit('/', 1)[-1]}-{len(files)}") as run:

@@ -610,11 +610,6 @@ def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
     return "\n".join(rows)
 
 
-def tracking_uri(settings: Settings) -> str:
-    """MLflow's recommended local store (SQLite, the default since 3.7), under data_dir."""
-    return f"sqlite:///{settings.data_dir / 'mlflow.db'}"
-
-
 def _log_mlflow(
     settings: Settings,
     cfg: BenchConfig,
@@ -625,14 +620,10 @@ def _log_mlflow(
 ) -> str:
     import mlflow
 
+    from flows.tracking import use_experiment
     from pipelines.hardware import detect
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(settings))
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = (settings.data_dir / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment(settings, EXPERIMENT)
     hw = detect()
     with mlflow.start_run(run_name="quick" if cfg.quick else "full") as run:
         mlflow.log_params(

@@ -217,13 +217,9 @@ def _log_mlflow(
 ) -> str:
     import mlflow
 
-    from flows.bench_serving import tracking_uri
+    from flows.tracking import use_experiment
 
-    mlflow.set_tracking_uri(tracking_uri(settings))
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = (settings.data_dir / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment(settings, EXPERIMENT)
     with mlflow.start_run(run_name="quick" if cfg.quick else "full") as run:
         mlflow.log_params(
             {

@@ -48,17 +48,12 @@ def log_mlflow(
     metrics: dict[str, float],
     artifacts: dict[str, str],
 ) -> str:
-    """One MLflow run in data_dir's SQLite store (flows/bench_serving.py's), returns its id."""
+    """One MLflow run in data_dir's SQLite store (flows/tracking.py), returns its id."""
     import mlflow
 
-    from flows.bench_serving import tracking_uri
+    from flows.tracking import use_experiment
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(settings))
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = (settings.data_dir / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
+    use_experiment(settings, experiment)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(metrics)

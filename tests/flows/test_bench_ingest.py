@@ -23,7 +23,7 @@ DOCS = {
 def test_bench_logs_an_mlflow_run_with_its_metrics(data_dir: Path, tmp_path: Path) -> None:
     import mlflow
 
-    from flows.bench_serving import tracking_uri
+    from flows.tracking import tracking_uri
     from pipelines.settings import get_settings
 
     corpus = tmp_path / "corpus"
