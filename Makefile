@@ -14,12 +14,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3))
 PYTEST_ARGS ?=
 
-.PHONY: help setup uv apt sync models up test test-fast lint fmt clean corpus eval-retrieval
+.PHONY: help setup uv apt sync models eval-corpus up test test-fast lint fmt clean corpus eval-retrieval
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: apt uv sync models  ## Install everything (Debian packages, uv, Python deps) and import the default models.
+setup: apt uv sync models eval-corpus  ## Install everything (Debian packages, uv, Python deps), import the default models, fetch the eval corpus.
+
+eval-corpus: sync  ## Best effort: the python-docs corpus for the benches and evals (skipped with a note where apt is missing or offline).
+	@$(UV) run --frozen python -m pipelines.corpora python-docs --subset || \
+	  echo "note: the python-docs corpus was not fetched; \`impetus bench embeddings --quick\` and \`impetus eval\` on your own dataset still work"
 
 uv:  ## Install uv with pip when it is missing.
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || python3 -m pip install --quiet --user --break-system-packages uv

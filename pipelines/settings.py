@@ -125,6 +125,20 @@ class RagSettings(_Section):
     auto_min_score: float = Field(default=0.3, ge=-1, le=1)
 
 
+class BenchSettings(_Section):
+    """Regression thresholds of `impetus bench embeddings|llm --compare-to RUN`: a configuration
+    whose metric moved past one of these (the wrong way) makes the command exit non-zero."""
+
+    # Absolute drop of a 0-1 quality metric (hit@k, MRR, nDCG, greedy/token agreement).
+    max_quality_drop: float = Field(default=0.02, ge=0)
+    # Relative rise of perplexity (0.05: 5 % higher fails).
+    max_perplexity_rise: float = Field(default=0.05, ge=0)
+    # Relative drop of a throughput (tokens/s, chunks/s); shared machines are noisy.
+    max_speed_drop: float = Field(default=0.30, ge=0)
+    # Relative rise of a latency, memory peak or index size.
+    max_cost_rise: float = Field(default=0.30, ge=0)
+
+
 class LogSettings(_Section):
     """Structured logging: one line per event on stderr."""
 
@@ -149,6 +163,7 @@ class Settings(BaseSettings):
     vector_store: VectorStoreSettings = VectorStoreSettings()
     serve: ServeSettings = ServeSettings()
     rag: RagSettings = RagSettings()
+    bench: BenchSettings = BenchSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("data_dir")

@@ -119,3 +119,164 @@ def bench_structured(
     with domain_errors():
         result = flow(cfg)
     _report(s, result, as_json, "logs")
+
+
+CompareOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compare-to",
+        help="An earlier run of this bench (its run id, or `latest`): print the deltas and exit "
+        "with status 3 when a metric got worse past the thresholds of settings `bench:`.",
+    ),
+]
+
+
+def _experiment_report(s: Settings, result: Any, as_json: bool) -> None:
+    """The table, the comparison, where the run is, and exit 3 on a regression."""
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        typer.echo(result.table)
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+        typer.echo(
+            f"\nMLflow run {result.run_id} ({s.data_dir / 'mlflow.db'}); open it with "
+            f"`uv run mlflow ui --backend-store-uri sqlite:///{s.data_dir / 'mlflow.db'}`"
+        )
+        if result.comparison:
+            typer.echo("\n" + result.comparison)
+    if result.regressions:
+        from flows.console import fail
+
+        raise fail(
+            f"{result.regressions} metric(s) got worse than run {result.baseline_run_id} past "
+            "their thresholds (settings `bench:`)",
+            code=3,
+        )
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    from flows.console import fail
+
+    try:
+        values = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise fail(f"{what} {text!r}: expected comma-separated integers, e.g. 256,128,64") from None
+    if not values or any(v < 0 for v in values):
+        raise fail(f"{what} {text!r}: expected comma-separated integers ≥ 0")
+    return values
+
+
+@app.command("embeddings")
+def bench_embeddings(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", help="A registry embedding model (repeatable; default: the configured one)."
+        ),
+    ] = None,
+    dims: Annotated[
+        str, typer.Option("--dims", help="Dimensions to keep, comma-separated; 0 is the full size.")
+    ] = "0,256,128,64",
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset", help="Labelled questions (JSON lines); default: the python-docs set."
+        ),
+    ] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option("--corpus", help="The documents the dataset's sources name (a folder)."),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="CI-sized: data/eval/samples.jsonl over data/samples, dims 0,128."
+        ),
+    ] = False,
+    compare_to: CompareOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embedding models × dimensions: retrieval metrics, throughput, index size, query latency."""
+    from flows.console import fail
+
+    for path, what in ((dataset, "--dataset"), (corpus, "--corpus")):
+        if path is not None and not path.exists():
+            raise fail(f"{what} {path}: no such file or folder")
+    s = _prepare()
+    from flows.benchmark import EmbeddingBenchConfig
+    from flows.benchmark import bench_embeddings as flow
+
+    kw: dict[str, Any] = {"models": tuple(model or ()), "compare_to": compare_to}
+    cfg = EmbeddingBenchConfig.quick_config(**kw) if quick else EmbeddingBenchConfig(**kw)
+    if not quick or dims != "0,256,128,64":
+        cfg.dims = _ints(dims, "--dims")
+    if dataset is not None:
+        cfg.dataset, cfg.corpus = str(dataset), str(corpus) if corpus else None
+    elif corpus is not None:
+        cfg.corpus = str(corpus)
+    with domain_errors():
+        result = flow(cfg)
+    _experiment_report(s, result, as_json)
+
+
+@app.command("llm")
+def bench_llm(
+    model: Annotated[
+        str | None, typer.Option("--model", help="A registry LLM (default: the configured one).")
+    ] = None,
+    bits: Annotated[
+        str, typer.Option("--bits", help="Quantizations, comma-separated (16 is always measured).")
+    ] = "16,8,4",
+    group_size: Annotated[
+        int, typer.Option("--group-size", help="Weights per quantization group (32, 64, 128).")
+    ] = 64,
+    text: Annotated[
+        Path | None,
+        typer.Option(
+            "--text", help="Held-out text for perplexity (default: CPython's pydoc topics)."
+        ),
+    ] = None,
+    compute: Annotated[
+        str,
+        typer.Option(
+            "--compute",
+            help="auto (float32 on a CPU-only host, as the engine), native (as stored) or float32.",
+        ),
+    ] = "auto",
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="CI-sized: 64-token perplexity, 4 decode tokens, 1 trial."),
+    ] = False,
+    compare_to: CompareOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """LLM quantizations (16/8/4-bit via `impetus models quantize`): speed, memory, perplexity,
+    agreement with the 16-bit model."""
+    from flows.console import fail
+
+    b = _ints(bits, "--bits")
+    if bad := [x for x in b if x not in (4, 8, 16)]:
+        raise fail(f"--bits {bad[0]}: use 4, 8 or 16")
+    if group_size not in (32, 64, 128):
+        raise fail(f"--group-size {group_size}: use 32, 64 or 128")
+    if compute not in ("auto", "native", "float32"):
+        raise fail(f"--compute {compute}: use auto, native or float32")
+    if text is not None and not text.is_file():
+        raise fail(f"--text {text}: no such file")
+    s = _prepare()
+    from flows.benchmark import LLMBenchConfig
+    from flows.benchmark import bench_llm as flow
+
+    kw: dict[str, Any] = {
+        "model": model,
+        "bits": b,
+        "group_size": group_size,
+        "text": str(text) if text else None,
+        "compute": compute,
+        "compare_to": compare_to,
+    }
+    cfg = LLMBenchConfig.quick_config(**kw) if quick else LLMBenchConfig(**kw)
+    with domain_errors():
+        result = flow(cfg)
+    _experiment_report(s, result, as_json)

@@ -94,6 +94,42 @@ def models_pull(
         typer.echo(f"{entry.name}: {entry.status} at {entry.path}")
 
 
+@app.command("quantize")
+def models_quantize(
+    name: Annotated[str, typer.Argument(help="A registry LLM, e.g. smollm2-135m-instruct.")],
+    bits: Annotated[
+        list[int] | None,
+        typer.Option("--bits", help="4, 8 or 16 (16-bit float); repeatable. Default: all three."),
+    ] = None,
+    group_size: Annotated[
+        int, typer.Option("--group-size", help="Weights per quantization group (32, 64 or 128).")
+    ] = 64,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="The 16-bit float type: float16 or bfloat16.")
+    ] = "float16",
+    overwrite: Annotated[bool, typer.Option(help="Convert again even if it exists.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make 4-bit, 8-bit and 16-bit versions of an LLM with mlx-lm's convert; registered as
+    NAME-4bit, NAME-8bit and NAME-fp16 (NAME-4bit-g32 for another group size; a quantized
+    source goes through its 16-bit version)."""
+    s = settings()
+    if dtype not in ("float16", "bfloat16"):
+        raise fail(f"--dtype {dtype}: use float16 or bfloat16")
+    if group_size not in (32, 64, 128):
+        raise fail(f"--group-size {group_size}: use 32, 64 or 128")
+    store = _store(s)
+    done = []
+    with domain_errors():
+        for b in bits or [16, 8, 4]:
+            e = store.quantize(name, b, group_size=group_size, dtype=dtype, overwrite=overwrite)  # type: ignore[arg-type]
+            done.append(e)
+            if not as_json:
+                typer.echo(f"{e.name}: {e.status} at {e.path} ({human_size(e.size)}; {e.source})")
+    if as_json:
+        echo_json([e.to_dict() for e in done])
+
+
 @app.command("convert-coreml")
 def models_convert_coreml(
     name: Annotated[str, typer.Argument(help="A registry embedding model, e.g. all-minilm-l6-v2.")],

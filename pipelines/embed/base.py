@@ -52,3 +52,12 @@ class Embedder(Protocol):
     def decode(self, ids: Sequence[int]) -> str:
         """Text for token ids, special tokens skipped."""
         ...
+
+
+def truncate_dims(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first `dim` components of each row, renormalised to unit length (Matryoshka)."""
+    if not 0 < dim <= vectors.shape[1]:
+        raise ValueError(f"dimensions must be between 1 and {vectors.shape[1]}, not {dim}")
+    out = vectors[:, :dim]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.maximum(norms, 1e-12)).astype(np.float32)

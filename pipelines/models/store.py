@@ -219,6 +219,60 @@ class ModelStore:
         self._register(name, kind=kind, fmt=fmt, source=f"hf:{repo_id}", path=target)
         return self.get(name)
 
+    def quantize(
+        self,
+        name: str,
+        bits: int,
+        *,
+        group_size: int | None = None,
+        dtype: Literal["float16", "bfloat16"] = "float16",
+        overwrite: bool = False,
+    ) -> ModelEntry:
+        """Register a 4-, 8- or 16-bit version of LLM `name` made by mlx-lm's convert
+        (pipelines/models/quantize.py); an existing ready one is returned as it is unless
+        `overwrite`. A quantized source goes through its 16-bit version, made first if missing."""
+        from pipelines.models.quantize import (
+            DEFAULT_GROUP_SIZE,
+            QuantizeError,
+            convert_folder,
+            derived_name,
+            is_quantized,
+        )
+
+        group_size = group_size or DEFAULT_GROUP_SIZE
+        try:
+            target = derived_name(name, bits, dtype, group_size)
+        except QuantizeError as exc:
+            raise ModelStoreError(str(exc)) from None
+        base = self.get(name)
+        if base.kind != "llm":
+            raise ModelStoreError(f"{name!r} is an {base.kind} model; quantize takes an LLM.")
+        src = self.resolve(name)
+        existing = self._read_registry().get(target)
+        if (
+            existing is not None
+            and not overwrite
+            and self._user_entry(target, existing).status == "ready"
+        ):
+            return self.get(target)
+        self._check_new_name(target, overwrite=True)
+        if bits != 16 and is_quantized(src):
+            src = Path(self.quantize(name, 16, dtype=dtype).path)
+        folder = self.root / target
+        if folder.exists():
+            shutil.rmtree(folder)
+        log.info("model.quantize.start", model=name, bits=bits, target=target)
+        try:
+            done = convert_folder(src, folder, bits, group_size=group_size, dtype=dtype)
+        except QuantizeError as exc:
+            raise ModelStoreError(str(exc)) from None
+        how = "float" if bits == 16 else f"q{bits}g{done.group_size}"
+        self._register(
+            target, kind="llm", fmt="mlx", source=f"quantize:{name}:{how}:{dtype}", path=folder
+        )
+        log.info("model.quantize.done", model=target, seconds=round(done.seconds, 2))
+        return self.get(target)
+
     # -- internals -------------------------------------------------------------------------------
 
     def _builtin_entry(self, b: _Builtin) -> ModelEntry:

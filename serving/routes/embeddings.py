@@ -18,7 +18,7 @@ import structlog
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from pipelines.embed.base import Embedder
+from pipelines.embed.base import Embedder, truncate_dims
 from serving.errors import APIError, EmbeddingError
 from serving.model_manager import ModelKindError
 from serving.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
@@ -139,9 +139,7 @@ async def embeddings(
             f"Embedding with {body.model!r} failed ({type(exc).__name__}); see the server log."
         ) from exc
     if body.dimensions is not None:
-        vectors = vectors[:, : body.dimensions]
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
+        vectors = truncate_dims(vectors, body.dimensions)
     ctx.metrics.embedding_inputs.labels(body.model).inc(len(texts))
     ctx.metrics.embedding_tokens.labels(body.model).inc(tokens)
     result = EmbeddingResponse(
