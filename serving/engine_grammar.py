@@ -28,8 +28,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_SHIFTS = mx.arange(32, dtype=mx.int32)
-
 
 class GrammarStep:
     """The engine's constrained rows of the current decode step, and their masks."""
@@ -41,6 +39,9 @@ class GrammarStep:
         self._masks: mx.array | None = None
         self._rows: dict[int, int] = {}  # id(processor) -> row of _masks
         self._bitmask = np.zeros((0, 0), dtype=np.int32)
+        # Made here, on the engine thread: an MLX array made at import time belongs to the
+        # stream of whichever thread imported the module, and fails to evaluate on this one.
+        self._shifts = mx.arange(32, dtype=mx.int32)
         self.mask_seconds = 0.0  # total time spent filling masks (for benchmarks)
 
     def want(self, proc: GrammarProcessor) -> None:
@@ -78,7 +79,7 @@ class GrammarStep:
                 lnp.fill_next_token_bitmask(proc.matcher, bm, i)
         self.mask_seconds += time.perf_counter() - t0
         packed = mx.array(bm[: len(rows)])
-        bits = ((packed[:, :, None] >> _SHIFTS) & 1).reshape(len(rows), -1).astype(mx.bool_)
+        bits = ((packed[:, :, None] >> self._shifts) & 1).reshape(len(rows), -1).astype(mx.bool_)
         if bits.shape[1] >= self.vocab_size:
             bits = bits[:, : self.vocab_size]
         else:  # the model has more rows than the tokenizer has tokens: those stay disallowed

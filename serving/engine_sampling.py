@@ -1,14 +1,20 @@
 """Per-sequence sampling for the MLX engine: a sampler that owns its PRNG key, and logits processors.
 
 mlx-lm's `BatchGenerator` takes one sampler and one list of logits processors per sequence; these
-build them from `SamplingParams`. A sampled sequence draws from its own key chain (split once per
-token), never from MLX's global random state, so a seeded request gives the same tokens whatever
-else shares the batch. Temperature 0 returns no sampler: the batch's shared greedy argmax runs it.
+build them from `SamplingParams`. A seeded sequence draws from its own key chain (split once per
+token), never from MLX's global random state, so it gives the same tokens whatever else shares
+the batch. Temperature 0 returns no sampler: the batch's shared greedy argmax runs it.
+
+The batch samples in one call when every row has the same sampler object, and row by row (one
+small MLX graph each) otherwise. So unseeded sequences with the same parameters share one
+sampler (`SharedSamplers`), which draws every row of a call from one key chain: a batch of
+default requests (temperature 1, no seed) samples as one categorical over the batch.
 """
 
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Callable
 
 import mlx.core as mx
@@ -42,10 +48,36 @@ class KeyedSampler:
         return mx.random.categorical(logprobs * self._inv_temp, key=sub)
 
 
-def make_sampler(params: SamplingParams, vocab_size: int) -> Sampler | None:
-    """The sequence's sampler; None means greedy (the batch's shared argmax)."""
+class SharedSamplers:
+    """One `KeyedSampler` per distinct set of sampling parameters, for unseeded sequences.
+
+    Held weakly: a sampler lives while a sequence in the batch uses it."""
+
+    def __init__(self) -> None:
+        self._by_params: weakref.WeakValueDictionary[tuple[float, ...], KeyedSampler] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def get(self, params: SamplingParams, vocab_size: int) -> KeyedSampler:
+        top_k = params.top_k if 0 < params.top_k < vocab_size else 0
+        key = (params.temperature, params.top_p, params.min_p, float(top_k))
+        sampler = self._by_params.get(key)
+        if sampler is None:
+            sampler = KeyedSampler(params, secrets.randbits(63), vocab_size)
+            self._by_params[key] = sampler
+        return sampler
+
+
+def make_sampler(
+    params: SamplingParams, vocab_size: int, shared: SharedSamplers | None = None
+) -> Sampler | None:
+    """The sequence's sampler; None means greedy (the batch's shared argmax). An unseeded
+    sequence gets the sampler it shares with others of the same parameters, when `shared` is
+    given; a seeded one always gets its own key chain."""
     if params.temperature == 0.0 or params.top_k == 1:
         return None
+    if params.seed is None and shared is not None:
+        return shared.get(params, vocab_size)
     seed = params.seed if params.seed is not None else secrets.randbits(63)
     return KeyedSampler(params, seed, vocab_size)
 

@@ -80,15 +80,19 @@ class Sequence:
 
 
 def _logprob(row: Any, token: int, top_n: int, token_text: Callable[[int], str]) -> TokenLogprob:
+    # The batch step has evaluated the row: read it through numpy rather than with MLX ops,
+    # each of which would be one more graph and one more sync per row and token.
     import mlx.core as mx
+    import numpy as np
 
-    chosen = max(float(row[token].item()), _MIN_LOGPROB)
+    if row.dtype != mx.float32:  # numpy has no bfloat16
+        row = row.astype(mx.float32)
+    values = np.asarray(row).reshape(-1)
+    chosen = max(float(values[token]), _MIN_LOGPROB)
     top: list[tuple[str, float]] = []
     if top_n:
-        idx = mx.argpartition(-row, kth=top_n - 1)[:top_n]
-        ids: list[int] = idx.tolist()  # type: ignore[assignment]
-        values: list[float] = row[idx].tolist()
-        pairs = sorted(zip(ids, values, strict=True), key=lambda p: -p[1])
+        idx = np.argpartition(-values, top_n - 1)[:top_n]
+        pairs = sorted(zip(idx.tolist(), values[idx].tolist(), strict=True), key=lambda p: -p[1])
         top = [(token_text(i), max(v, _MIN_LOGPROB)) for i, v in pairs]
     text = token_text(token)
     return TokenLogprob(token=text, logprob=chosen, bytes=list(text.encode()), top=top)

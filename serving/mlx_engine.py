@@ -7,8 +7,10 @@ Seams, one sentence each:
   thread-safe inbox (admit, cancel, close); deltas come back to each request's asyncio queue by
   `loop.call_soon_threadsafe`, one call per event loop per decode step.
 - New sequences join the running batch between decode steps (mlx-lm interleaves one prefill
-  chunk per step); each carries its own sampler (its own PRNG key, see engine_sampling.py), its
-  own logits processors, and its own stop strings (engine_stops.py).
+  chunk per step); each carries its sampler (a seeded one has its own PRNG key; unseeded ones
+  with equal parameters share one, so that the batch samples in one call: engine_sampling.py),
+  its own logits processors, and its own stop strings (engine_stops.py). An idle engine admits
+  a burst of requests together, so that they are prefilled as one batch.
 - Finished sequences leave their KV cache in a prompt-prefix cache (mlx-lm's `LRUPromptCache`)
   capped in bytes; a later prompt that shares a prefix starts from a copy of it.
 
@@ -22,6 +24,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +57,11 @@ class MLXEngineConfig:
     queue_limit: int = 64  # waiting + running sequences; past it generate raises QueueFullError
     retry_after: float = 1.0  # seconds, suggested to a client turned away
     prefix_cache_bytes: int = 512 << 20  # 0 turns the prefix cache off
+    # An idle engine woken by a request takes, before its first step, the requests that follow
+    # it by less than admit_gap_s (up to admit_window_s in all): a burst of clients starts as
+    # one prefill batch. A lone request waits admit_gap_s at most; 0 turns it off.
+    admit_window_s: float = 0.02
+    admit_gap_s: float = 0.003
     max_context_tokens: int | None = None  # None: the model's max_position_embeddings
     # MLX's CPU backend computes float16 about 100x slower than float32, and its quantized matmul
     # does not use BLAS: on the CPU, dequantize to float32 (OpenBLAS GEMMs); Metal keeps 4-bit.
@@ -76,17 +84,11 @@ class _Counters:
 
 
 def load_model(path: Path, *, cpu_float32: bool = True) -> tuple[Any, Any]:
-    """`mlx_lm.load`, then on the CPU backend dequantized to float32 (see MLXEngineConfig)."""
-    import mlx.core as mx
-    import mlx_lm
-    from mlx_lm.utils import dequantize_model
+    """`mlx_lm.load`, then on the CPU backend dequantized to float32 (see MLXEngineConfig and
+    pipelines/models/loading.py, which the benchmarks share)."""
+    from pipelines.models.loading import load_llm
 
-    model, tokenizer = mlx_lm.load(str(path))[:2]
-    if cpu_float32 and mx.default_device().type == mx.DeviceType.cpu:
-        dequantize_model(model)
-        model.set_dtype(mx.float32)
-    mx.eval(model.parameters())
-    return model, tokenizer
+    return load_llm(path, "auto" if cpu_float32 else "native")
 
 
 def _put_all(
@@ -378,6 +380,9 @@ class MLXEngine:
         )
         self._live: dict[int, Sequence] = {}
         self._steps = 0
+        from serving.engine_sampling import SharedSamplers
+
+        self._shared_samplers = SharedSamplers()
         from serving.engine_grammar import GrammarStep
 
         self._grammar = GrammarStep(
@@ -404,6 +409,7 @@ class MLXEngine:
         try:
             if not self._live:
                 commands.append(self._inbox.get(timeout=1.0))
+                commands += self._burst()
             while True:
                 commands.append(self._inbox.get_nowait())
         except queue.Empty:
@@ -419,6 +425,24 @@ class MLXEngine:
         if self._live:
             self._step()
         return True
+
+    def _burst(self) -> list[tuple[str, Sequence | None]]:
+        """The commands that follow the one that woke an idle engine by less than
+        `admit_gap_s` each (at most `admit_window_s` in all), so that requests sent together
+        are prefilled as one batch rather than the first alone and the rest a step later."""
+        window, gap = self.config.admit_window_s, self.config.admit_gap_s
+        out: list[tuple[str, Sequence | None]] = []
+        if window <= 0 or gap <= 0:
+            return out
+        deadline = time.monotonic() + window
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                out.append(self._inbox.get(timeout=min(gap, left)))
+            except queue.Empty:
+                break
+            if out[-1][0] == "close":
+                break
+        return out
 
     def _admit(self, seq: Sequence) -> None:
         from mlx_lm.models.cache import trim_prompt_cache
@@ -438,7 +462,7 @@ class MLXEngine:
                 else:
                     c.hits += 1
             seq.cached_tokens = len(seq.prompt) - len(rest)
-            sampler = make_sampler(seq.params, self._vocab_size)
+            sampler = make_sampler(seq.params, self._vocab_size, self._shared_samplers)
             processors = make_logits_processors(seq.params, len(seq.prompt))
             if seq.matcher is not None:
                 from serving.engine_grammar import constrain

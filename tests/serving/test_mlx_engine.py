@@ -143,6 +143,27 @@ def test_seeded_sampling_is_reproducible_while_others_run(engine: MLXEngine) -> 
     assert text(run(engine, seeded)) == alone
 
 
+def test_unseeded_rows_with_equal_params_share_one_sampler() -> None:
+    """So that a batch of them samples in one call (mlx-lm's BatchGenerator batches the
+    sampler only when every row has the same one); a seeded row keeps its own key chain."""
+    import mlx.core as mx
+
+    from serving.engine_sampling import SharedSamplers, make_sampler
+
+    shared = SharedSamplers()
+    a = make_sampler(SamplingParams(temperature=1.0), 100, shared)
+    assert a is not None
+    assert make_sampler(SamplingParams(temperature=1.0), 100, shared) is a
+    assert make_sampler(SamplingParams(temperature=1.0, seed=3), 100, shared) is not a
+    assert make_sampler(SamplingParams(temperature=0.5), 100, shared) is not a
+    assert make_sampler(SamplingParams(temperature=1.0, top_p=0.9), 100, shared) is not a
+    assert make_sampler(SamplingParams(temperature=0.0), 100, shared) is None
+    logprobs = mx.log(mx.softmax(mx.random.normal((3, 100)), axis=-1))
+    tokens = a(logprobs)  # one call, one token a row
+    assert tokens.shape == (3,)
+    assert all(0 <= t < 100 for t in tokens.tolist())  # type: ignore[union-attr]
+
+
 def test_stop_string_is_never_emitted(engine: MLXEngine) -> None:
     full = text(run(engine, req("full", messages=POEM, max_tokens=12)))
     stop = full[12:17]
