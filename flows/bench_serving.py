@@ -75,6 +75,9 @@ class BenchConfig:
     levels: tuple[int, ...] = (1, 4, 8, 16)
     max_tokens: int = 64
     rounds: int = 1  # requests each stream sends in a row, per level and server
+    # Sweeps over all levels, the servers' order alternating; a level's figures pool every sweep
+    # (one 64-token burst per level swung ±20 % between runs on a shared machine).
+    sweeps: int = 3
     decode_runs: int = 3
     prefix_tokens: int = 1500
     prefix_reps: int = 3
@@ -87,6 +90,7 @@ class BenchConfig:
             levels=(1, 4),
             max_tokens=16,
             rounds=1,
+            sweeps=1,
             decode_runs=1,
             prefix_reps=1,
             ray=ray,
@@ -313,13 +317,22 @@ def warm_up(server: Server) -> None:
 
 @task(cache_policy=NO_CACHE)
 def concurrency_levels(servers: list[Server], cfg: BenchConfig) -> dict[str, list[LevelResult]]:
-    """Each level on each server in turn (interleaved, so that a load spike hits both)."""
+    """Each level on each server in turn (interleaved, so that a load spike hits both), in
+    `cfg.sweeps` sweeps whose server order alternates; each level's results pooled over sweeps."""
     for server in servers:
         warm_up(server)
-    out: dict[str, list[LevelResult]] = {s.name: [] for s in servers}
-    for level in cfg.levels:
-        for server in servers:
-            out[server.name].append(asyncio.run(_level(server, level, cfg)))
+    out: dict[str, list[LevelResult]] = {
+        s.name: [LevelResult(level, 0, 0, 0.0) for level in cfg.levels] for s in servers
+    }
+    for sweep in range(cfg.sweeps):
+        for i, level in enumerate(cfg.levels):
+            for server in servers if sweep % 2 == 0 else servers[::-1]:
+                r, pooled = asyncio.run(_level(server, level, cfg)), out[server.name][i]
+                pooled.requests += r.requests
+                pooled.completion_tokens += r.completion_tokens
+                pooled.wall_s += r.wall_s
+                pooled.ttft_ms += r.ttft_ms
+                pooled.errors += r.errors
     return out
 
 
