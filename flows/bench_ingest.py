@@ -9,13 +9,20 @@ on real documents nobody here wrote (Debian's python3.11-doc HTML), in one run.
 Measured: documents/s and chunks/s of both sides, the share of time in each step (parse, chunk,
 quality, embed, upsert, lineage, other), and the flow's overhead = flow wall time / direct wall
 time - 1 (goal ≤ 15 %). The direct side does what the flow does (discover, load the embedder,
-classify, per document parse → chunk → check → embed → check → intent → upsert → commit, then
-garbage collection and the BM25 index) with no Prefect in between, into a data_dir of its own, so
-both sides index every document as new; one untimed document through each side first takes the
-process's one-off costs (imports, library set-up) out of the comparison. The documents are split into `rounds` interleaved groups
-and the two sides alternate which goes first, so load from other processes on a shared machine
-falls on both. The flow's step times are its task runs' durations (read back from Prefect); what
-is left of its wall time is orchestration between tasks.
+classify, then per batch of `ingest.batch_documents` documents parse → chunk → check → one embed
+call → check → one intent → one upsert → a commit per document, then garbage collection and the
+BM25 index) with no Prefect in between, into a data_dir of its own, so both sides index every
+document as new and embed the same encoder batches; what the flow adds is its task runs (one per
+step per batch) and Prefect's work between them. One untimed document through each side first
+takes the process's one-off costs (imports, library set-up) out of the comparison. The documents
+are split into `rounds` interleaved groups and the two sides alternate which goes first, so load
+from other processes on a shared machine falls on both. The flow's step times are its task runs'
+durations (read back from Prefect after each flow run, which takes a second or more of polling
+and is left out of the flow's wall time); what is left of its wall time is orchestration between
+tasks.
+
+Both sides batch by the `ingest.batch_documents` setting (IMPETUS_INGEST__BATCH_DOCUMENTS), or
+by `BenchConfig.batch_documents` where that is set; the table says which size ran.
 
 `--max-chunks N` keeps only each document's first N chunks (chunking.max_chunks): parsing and
 chunking still see every page in full; embedding, upserting and lineage see N chunks per page.
@@ -34,9 +41,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 from prefect import flow
 
 if TYPE_CHECKING:
+    from pipelines.records import Chunk, SourceDocument
     from pipelines.settings import Settings
 
 EXPERIMENT = "ingest-bench"
@@ -53,7 +62,7 @@ TASK_STEP = {
     "classify": "lineage",
     "record-chunks": "lineage",
     "record-indexed": "lineage",
-    "record-failure": "lineage",
+    "record-failures": "lineage",
     "find-stale": "lineage",
     "mark-deleted": "lineage",
     "prune": "lineage",
@@ -71,6 +80,7 @@ class BenchConfig:
     overlap_tokens: int = 32
     rounds: int = 2  # interleaved groups; the sides alternate going first
     corpus: str | None = None  # a folder of documents instead of the Python docs
+    batch_documents: int = 0  # documents per batch on both sides (0: ingest.batch_documents)
 
 
 @dataclass
@@ -82,6 +92,7 @@ class Side:
     chunks: int = 0
     failed: int = 0
     task_runs: int = 0
+    readback_s: float = 0.0  # reading task runs back from Prefect: the benchmark's, not the flow's
 
     def __post_init__(self) -> None:
         self.steps: defaultdict[str, float] = defaultdict(float)
@@ -135,6 +146,11 @@ def side_env(cfg: BenchConfig, data_dir: Path, models: Path) -> dict[str, str]:
         "IMPETUS_CHUNKING__MAX_TOKENS": str(cfg.max_tokens),
         "IMPETUS_CHUNKING__OVERLAP_TOKENS": str(cfg.overlap_tokens),
         "IMPETUS_CHUNKING__MAX_CHUNKS": str(cfg.max_chunks),
+        **(
+            {"IMPETUS_INGEST__BATCH_DOCUMENTS": str(cfg.batch_documents)}
+            if cfg.batch_documents
+            else {}
+        ),
     }
 
 
@@ -171,30 +187,51 @@ def direct_ingest(paths: Sequence[str], collection: str, side: Side) -> None:
         run_id = f"direct-{time.time_ns()}"
         lineage.start_run(run_id, physical, v, version_inputs(s, emb))
         states = timed("lineage", lineage.classify, physical, found.documents, v)
-        for doc in found.documents:
-            if states[doc.doc_id] == "unchanged":
+        todo = [d for d in found.documents if states[d.doc_id] != "unchanged"]
+        size = s.ingest.batch_documents
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            # As the flow does: each document parsed, chunked and checked, then one embed call for
+            # the batch, its vectors checked per document, one intent, one upsert, a commit each.
+            ok: list[tuple[SourceDocument, list[Chunk], list[dict[str, Any]]]] = []
+            for doc in batch:
+                q: list[dict[str, Any]] = []
+                try:
+                    parsed = timed("parse", parse_document, doc)
+                    chunks = timed("chunk", chunk_document, parsed, emb, s, v)
+                    r = timed("quality", quality.check_chunks, chunks, emb.max_seq_length)
+                    q.append({"stage": "chunks", **r.to_dict()})
+                    if not r.passed:
+                        raise ValueError(r.reason)
+                    ok.append((doc, chunks, q))
+                except Exception as e:  # as the flow does: the document fails alone
+                    lineage.record_failure(run_id, physical, doc, v, "failed", str(e), q)
+                    side.failed += 1
+            if not ok:
                 continue
-            q: list[dict[str, Any]] = []
-            try:
-                parsed = timed("parse", parse_document, doc)
-                chunks = timed("chunk", chunk_document, parsed, emb, s, v)
-                r = timed("quality", quality.check_chunks, chunks, emb.max_seq_length)
-                q.append({"stage": "chunks", **r.to_dict()})
-                texts = [c.text for c in chunks]
-                vectors = timed(
-                    "embed", emb.encode, texts, batch_size=s.embedding.batch_size
-                ).vectors
-                r = timed("quality", quality.check_vectors, chunks, vectors, emb.dim)
+            texts = [c.text for _, chunks, _ in ok for c in chunks]
+            vectors = timed("embed", emb.encode, texts, batch_size=s.embedding.batch_size).vectors
+            ends = np.cumsum([len(chunks) for _, chunks, _ in ok])[:-1]
+            good = []
+            for (doc, chunks, q), vecs in zip(ok, np.split(vectors, ends), strict=True):
+                r = timed("quality", quality.check_vectors, chunks, vecs, emb.dim)
                 q.append({"stage": "vectors", **r.to_dict()})
-                timed("lineage", lineage.record_chunks, run_id, physical, chunks, v)
-                timed("upsert", upsert_chunks, store, physical, chunks, vectors, v)
+                if r.passed:
+                    good.append((doc, chunks, q, vecs))
+                else:
+                    lineage.record_failure(run_id, physical, doc, v, "quarantined", r.reason, q)
+                    side.failed += 1
+            if not good:
+                continue
+            all_chunks = [c for _, chunks, _, _ in good for c in chunks]
+            all_vectors = np.concatenate([vecs for *_, vecs in good])
+            timed("lineage", lineage.record_chunks, run_id, physical, all_chunks, v)
+            timed("upsert", upsert_chunks, store, physical, all_chunks, all_vectors, v)
+            for doc, chunks, q, _ in good:
                 ids = [c.chunk_id for c in chunks]
                 timed("lineage", lineage.record_indexed, run_id, physical, doc, v, ids, q)
-                side.docs += 1
-                side.chunks += len(chunks)
-            except Exception as e:  # as the flow does: the document fails alone
-                lineage.record_failure(run_id, physical, doc, v, "failed", str(e), q)
-                side.failed += 1
+            side.docs += len(good)
+            side.chunks += len(all_chunks)
         stale = timed("lineage", lineage.stale_points, physical)
         if stale:
             timed("other", store.delete, physical, stale)
@@ -226,7 +263,10 @@ def flow_ingest(paths: Sequence[str], collection: str, side: Side) -> None:
     side.docs += summary["documents"]["new"] + summary["documents"]["changed"]
     side.chunks += summary["chunks_embedded"]
     side.failed += summary["documents"]["failed"]
-    for name, seconds in task_durations(summary["run_id"]):
+    t = time.perf_counter()
+    durations = task_durations(summary["run_id"])
+    side.readback_s += time.perf_counter() - t
+    for name, seconds in durations:
         side.steps[TASK_STEP.get(name, "other")] += seconds
         side.task_runs += 1
 
@@ -297,13 +337,15 @@ def bench_ingest(cfg: BenchConfig | None = None) -> dict[str, Any]:
         group = [str(p) for p in files[r::rounds]]
         for name in ("direct", "flow") if r % 2 == 0 else ("flow", "direct"):
             with environment(**envs[name]):
+                side, readback = sides[name], sides[name].readback_s
                 t = time.perf_counter()
-                run_side[name](group, COLLECTION, sides[name])
-                sides[name].wall_s += time.perf_counter() - t
+                run_side[name](group, COLLECTION, side)
+                side.wall_s += time.perf_counter() - t - (side.readback_s - readback)
     load_end = os.getloadavg()
 
     metrics = _metrics(sides, len(files))
     metrics.update({"loadavg1_start": load_start[0], "loadavg1_end": load_end[0]})
+    metrics["batch_documents"] = float(cfg.batch_documents or settings.ingest.batch_documents)
     table = render_table(metrics, cfg)
     run_id = _log_mlflow(settings, cfg, metrics, table, files)
     return {"run_id": run_id, "metrics": metrics, "table": table, "state": str(run_dir)}
@@ -340,7 +382,8 @@ def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
     rows = [
         f"{m['documents']:.0f} documents, {m['chunks']:.0f} chunks "
         f"(max_tokens {cfg.max_tokens}, overlap {cfg.overlap_tokens}, "
-        f"max_chunks {cfg.max_chunks or 'all'}); load average {m['loadavg1_start']:.1f} → "
+        f"max_chunks {cfg.max_chunks or 'all'}, {m['batch_documents']:.0f} documents a batch); "
+        f"load average {m['loadavg1_start']:.1f} → "
         f"{m['loadavg1_end']:.1f}",
         "",
         "| measure | direct (pipeline functions) | `ingest` flow |",

@@ -11,19 +11,34 @@ which survives a new PREFECT_HOME, a server switch or a crash; Prefect's cache w
 persist parsed documents and vectors a second time. Tasks therefore run with `NO_CACHE` (their
 inputs are open stores and models), and each task's version is the pipeline version.
 
-Order per changed document: lineage intent (chunks, points to be written) → upsert the new points
-→ lineage commit (the document's current version moves). Old points are deleted only at the end
-of the run (`stale_points`), so a search never finds a changed document missing; whatever step a
-process is killed at, the next run finds the leftovers the same way and, ids being deterministic,
-ends in the state of an uninterrupted run.
+Batches: the documents to index go through the steps `ingest.batch_documents` at a time
+(configs/impetus.yaml, default 16), each step one task run over the batch: a task run costs
+Prefect tens of milliseconds whatever it does, so per document it was most of the flow's overhead
+(`impetus bench ingest` measures it). The embed step encodes all of a batch's chunks in one call
+(fuller encoder batches), intent and upsert write the batch in one transaction and one store call;
+the Great Expectations suites and the lineage commit still run per document, inside their task.
+A batch task never fails a batch for one document: it returns `Outcomes`, a result per document
+that went through and the error of each that did not (a one-call step that raises is redone one
+document at a time to find the one at fault). A document that fails (corrupt file: its reason)
+or is quarantined (its suite's failures) leaves the batch alone, and is recorded at the batch's
+end. Tasks doing I/O retry transient errors (`TRANSIENT`: any error that is not a domain error);
+a retry gets the same `Outcomes` and redoes only the documents not yet done, and every write is
+idempotent anyway (deterministic ids, upserts).
 
-A document's parsed elements, chunks and settings go to the tasks wrapped in `quote`: Prefect
+Order per changed document: lineage intent (chunks, points to be written) → upsert the new points
+→ lineage commit (the document's current version moves); in a batch every document's intent
+comes before any upsert and every upsert before any commit. Old points are deleted only at the
+end of the run (`stale_points`), so a search never finds a changed document missing; whatever
+step a process is killed at, the next run finds the leftovers the same way and, ids being
+deterministic, ends in the state of an uninterrupted run.
+
+A batch's parsed elements, chunks and settings go to the tasks wrapped in `quote`: Prefect
 otherwise walks every argument, element by element, looking for upstream futures (there are none:
-tasks are called, not submitted), and that walk was most of the flow's overhead per task run
-(`impetus bench ingest` measures it).
+tasks are called, not submitted).
 
 Test hook: `IMPETUS_TEST_CRASH_AT=<step>[:N]` SIGKILLs the process the N-th time (default first)
-the flow reaches <step>, one of: discover, load_embedder, parse, chunk, check_chunks, embed,
+the flow reaches <step> (the per-document steps are reached once per batch, so `parse:2` is the
+start of the second batch), one of: discover, load_embedder, parse, chunk, check_chunks, embed,
 check_vectors, record_chunks, upsert, record, prune, find_stale, delete, mark_deleted, switch,
 finish. Tests use it to prove crash safety; it does nothing unless set.
 """
@@ -33,11 +48,11 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import numpy as np
 from prefect import flow, task
@@ -99,62 +114,181 @@ def classify(
     return dict(lineage.classify(collection, docs, version))
 
 
+# --- per-document outcomes of a batch task ------------------------------------------------------
+
+K = TypeVar("K")
+R = TypeVar("R")
+
+
+class UnfinishedBatch(Exception):
+    """A batch task left documents failed in a way that may pass on a retry (not a domain error)."""
+
+
+def _domain(error: BaseException | None) -> bool:
+    from pipelines.errors import ImpetusError
+
+    return isinstance(error, ImpetusError)
+
+
+@dataclass
+class Outcomes(Generic[R]):
+    """What a batch task did per document (keyed by doc id): a result for each one that went
+    through, the error for each one that did not. A document's failure never fails the others.
+
+    The flow hands each batch task an empty one (as is, never copied) and keeps it. A Prefect
+    retry calls the task again with the same object, so a retry redoes only the documents not
+    yet done and not failed for good (a domain error, such as a corrupt file, is final); once the
+    retries are spent, the flow still reads what was done and why the rest failed."""
+
+    ok: dict[str, R] = field(default_factory=dict)
+    errors: dict[str, Exception] = field(default_factory=dict)
+
+    def pending(self, keys: Iterable[str]) -> list[str]:
+        return [k for k in keys if k not in self.ok and not _domain(self.errors.get(k))]
+
+    def each(self, items: dict[str, K], fn: Callable[[K], R]) -> None:
+        """`fn` on each pending item, one document at a time."""
+        for key in self.pending(items):
+            try:
+                self.ok[key] = fn(items[key])
+            except Exception as e:
+                self.errors[key] = e
+            else:
+                self.errors.pop(key, None)
+
+    def whole_or_each(
+        self, items: dict[str, K], whole: Callable[[list[K]], list[R]], one: Callable[[K], R]
+    ) -> None:
+        """`whole` on all pending items in one call; if that raises, `one` on each, so that the
+        document at fault fails alone and the others still go through."""
+        keys = self.pending(items)
+        if not keys:
+            return
+        try:
+            results = whole([items[k] for k in keys])
+        except Exception:
+            self.each({k: items[k] for k in keys}, one)
+            return
+        for key, result in zip(keys, results, strict=True):
+            self.ok[key] = result
+            self.errors.pop(key, None)
+
+    def settle(self) -> Outcomes[R]:
+        """Raise while a document failed in a way that may pass (so that Prefect retries)."""
+        transient = [(k, e) for k, e in self.errors.items() if not _domain(e)]
+        if transient:
+            key, error = transient[0]
+            raise UnfinishedBatch(
+                f"{len(transient)} document(s) failed, first {key}: {type(error).__name__}: {error}"
+            ) from error
+        return self
+
+
+# --- tasks: one call into pipelines/ each, over one batch of documents -------------------------
+
+
 @task(name="parse", cache_policy=NO_CACHE, **TRANSIENT)
-def parse(doc: SourceDocument) -> ParsedDocument:
-    """Partition one file into elements."""
+def parse(docs: dict[str, SourceDocument], out: Outcomes[ParsedDocument]) -> Outcomes[Any]:
+    """Partition each file of a batch into elements."""
     from pipelines.parse import parse_document
 
-    return parse_document(doc)
+    out.each(docs, parse_document)
+    return out.settle()
 
 
 @task(name="chunk", cache_policy=NO_CACHE)
 def chunk(
-    parsed: ParsedDocument, embedder: Embedder, settings: Settings, version: str
-) -> list[Chunk]:
-    """Split one document into token-bounded chunks."""
+    parsed: dict[str, ParsedDocument],
+    embedder: Embedder,
+    settings: Settings,
+    version: str,
+    out: Outcomes[list[Chunk]],
+) -> Outcomes[Any]:
+    """Split each document of a batch into token-bounded chunks."""
     from pipelines.chunk import chunk_document
 
-    return chunk_document(parsed, embedder, settings, version)
+    out.each(parsed, lambda p: chunk_document(p, embedder, settings, version))
+    return out
 
 
 @task(name="check-chunks", cache_policy=NO_CACHE)
-def check_chunks(chunks: list[Chunk], max_tokens: int) -> QualityResult:
-    """Great Expectations over one document's chunks."""
+def check_chunks(
+    chunks: dict[str, list[Chunk]], max_tokens: int, out: Outcomes[QualityResult]
+) -> Outcomes[Any]:
+    """Great Expectations over each document's chunks (one suite run per document)."""
     from pipelines import quality
 
-    return quality.check_chunks(chunks, max_tokens)
+    out.each(chunks, lambda cs: quality.check_chunks(cs, max_tokens))
+    return out
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed(embedder: Embedder, chunks: list[Chunk], batch_size: int) -> np.ndarray:
-    """Vectors for one document's chunks."""
-    return embedder.encode([c.text for c in chunks], batch_size=batch_size).vectors
+def embed(
+    embedder: Embedder,
+    chunks: dict[str, list[Chunk]],
+    batch_size: int,
+    out: Outcomes[np.ndarray],
+) -> Outcomes[Any]:
+    """Vectors for all of a batch's chunks in one encoder call, split back per document."""
+
+    def whole(groups: list[list[Chunk]]) -> list[np.ndarray]:
+        texts = [c.text for group in groups for c in group]
+        vectors = embedder.encode(texts, batch_size=batch_size).vectors
+        return list(np.split(vectors, np.cumsum([len(g) for g in groups])[:-1]))
+
+    out.whole_or_each(chunks, whole, lambda group: whole([group])[0])
+    return out
 
 
 @task(name="check-vectors", cache_policy=NO_CACHE)
-def check_vectors(chunks: list[Chunk], vectors: np.ndarray, dim: int) -> QualityResult:
-    """Great Expectations over one document's vectors."""
+def check_vectors(
+    embedded: dict[str, tuple[list[Chunk], np.ndarray]], dim: int, out: Outcomes[QualityResult]
+) -> Outcomes[Any]:
+    """Great Expectations over each document's vectors (one suite run per document)."""
     from pipelines import quality
 
-    return quality.check_vectors(chunks, vectors, dim)
+    out.each(embedded, lambda cv: quality.check_vectors(cv[0], cv[1], dim))
+    return out
 
 
 @task(name="record-chunks", cache_policy=NO_CACHE, **TRANSIENT)
 def record_chunks(
-    lineage: Lineage, run_id: str, collection: str, chunks: list[Chunk], version: str
-) -> None:
-    """Lineage intent: the chunks and the points about to be written."""
-    lineage.record_chunks(run_id, collection, chunks, version)
+    lineage: Lineage,
+    run_id: str,
+    collection: str,
+    chunks: dict[str, list[Chunk]],
+    version: str,
+    out: Outcomes[None],
+) -> Outcomes[Any]:
+    """Lineage intent, one transaction for the batch: the chunks and the points about to be
+    written (a retry rewrites the same rows)."""
+
+    def whole(groups: list[list[Chunk]]) -> list[None]:
+        lineage.record_chunks(run_id, collection, [c for g in groups for c in g], version)
+        return [None] * len(groups)
+
+    out.whole_or_each(chunks, whole, lambda group: whole([group])[0])
+    return out.settle()
 
 
 @task(name="upsert", cache_policy=NO_CACHE, **TRANSIENT)
 def upsert(
-    store: VectorStore, collection: str, chunks: list[Chunk], vectors: np.ndarray, version: str
-) -> int:
-    """Write one document's points (ids = chunk ids, so a retry overwrites)."""
+    store: VectorStore,
+    collection: str,
+    embedded: dict[str, tuple[list[Chunk], np.ndarray]],
+    version: str,
+    out: Outcomes[int],
+) -> Outcomes[Any]:
+    """Write a batch's points in one call (ids = chunk ids, so a retry overwrites)."""
     from pipelines.vectorstore import upsert_chunks
 
-    return upsert_chunks(store, collection, chunks, vectors, version)
+    def whole(groups: list[tuple[list[Chunk], np.ndarray]]) -> list[int]:
+        chunks = [c for cs, _ in groups for c in cs]
+        upsert_chunks(store, collection, chunks, np.concatenate([v for _, v in groups]), version)
+        return [len(cs) for cs, _ in groups]
+
+    out.whole_or_each(embedded, whole, lambda group: whole([group])[0])
+    return out.settle()
 
 
 @task(name="record-indexed", cache_policy=NO_CACHE, **TRANSIENT)
@@ -162,28 +296,34 @@ def record_indexed(
     lineage: Lineage,
     run_id: str,
     collection: str,
-    doc: SourceDocument,
     version: str,
-    point_ids: list[str],
-    quality: list[dict[str, Any]],
-) -> None:
-    """Lineage commit: this document version is now the current one."""
-    lineage.record_indexed(run_id, collection, doc, version, point_ids, quality)
+    indexed: dict[str, tuple[SourceDocument, list[str], list[dict[str, Any]]]],
+    out: Outcomes[None],
+) -> Outcomes[Any]:
+    """Lineage commit, per document: this document version is now the current one."""
+    out.each(
+        indexed,
+        lambda d: lineage.record_indexed(run_id, collection, d[0], version, d[1], d[2]),
+    )
+    return out.settle()
 
 
-@task(name="record-failure", cache_policy=NO_CACHE, **TRANSIENT)
-def record_failure(
+@task(name="record-failures", cache_policy=NO_CACHE, **TRANSIENT)
+def record_failures(
     lineage: Lineage,
     run_id: str,
     collection: str,
-    doc: SourceDocument,
     version: str,
-    status: str,
-    reason: str,
-    quality: list[dict[str, Any]],
+    failures: dict[str, tuple[SourceDocument, str, str, list[dict[str, Any]]]],
+    out: Outcomes[None],
 ) -> None:
-    """Lineage: this document version failed or was quarantined, and why."""
-    lineage.record_failure(run_id, collection, doc, version, status, reason, quality)  # type: ignore[arg-type]
+    """Lineage: these document versions failed or were quarantined, and why."""
+    out.each(
+        failures,
+        lambda f: lineage.record_failure(run_id, collection, f[0], version, f[1], f[2], f[3]),  # type: ignore[arg-type]
+    )
+    for error in out.errors.values():
+        raise error  # a retry (where it may pass) records only the ones left
 
 
 @task(name="prune", cache_policy=NO_CACHE, **TRANSIENT)
@@ -338,62 +478,118 @@ def _as_is(value: T) -> T:
     return cast(T, quote(value))
 
 
-def _index_document(run: _Run, doc: SourceDocument, state: str) -> None:
-    """parse → chunk → check → embed → check → intent → upsert → commit, for one document."""
+def _reason(e: BaseException) -> str:
+    return str(e) if type(e).__module__.startswith("pipelines") else f"{type(e).__name__}: {e}"
+
+
+def _index_batch(run: _Run, batch: list[SourceDocument], states: dict[str, str]) -> None:
+    """parse → chunk → check → embed → check → intent → upsert → commit for a batch, each step
+    one task run over the batch's documents still in it; a document that fails or is quarantined
+    leaves the batch alone, its reason recorded at the end of the batch."""
     s, v = run.settings, run.version
-    quality: list[dict[str, Any]] = []
+    docs = {d.doc_id: d for d in batch}
+    quality: dict[str, list[dict[str, Any]]] = {k: [] for k in docs}
+    failed: dict[str, tuple[str, str]] = {}  # doc id -> (status, reason)
 
-    def fail(status: str, reason: str) -> None:
-        record_failure(run.lineage, run.run_id, run.collection, doc, v, status, reason, quality)
-        run.counts["failed"] += 1
+    def step(name: str, keys: Iterable[str], call: Callable[[Any], object]) -> dict[str, Any]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        _crash_point(name)
+        out: Outcomes[Any] = Outcomes()
+        try:
+            call(_as_is(out))
+        except Exception as e:  # retries spent, or the task broke: whatever is unfinished fails
+            for k in keys:
+                if k not in out.ok:
+                    out.errors.setdefault(k, e)
+        for k, error in out.errors.items():
+            failed[k] = ("failed", _reason(error))
+        return {k: r for k, r in out.ok.items() if k not in out.errors}
 
-    try:
-        _crash_point("parse")
-        parsed = parse(doc)
-        _crash_point("chunk")
-        chunks = chunk(_as_is(parsed), run.embedder, _as_is(s), v)
-        _crash_point("check_chunks")
-        result = check_chunks(_as_is(chunks), run.embedder.max_seq_length)
-        quality.append({"stage": "chunks", **result.to_dict()})
-        if not result.passed:
-            return fail("quarantined", result.reason)
-        _crash_point("embed")
-        vectors = embed(run.embedder, _as_is(chunks), s.embedding.batch_size)
-        run.counts["chunks_embedded"] += len(chunks)
-        _crash_point("check_vectors")
-        result = check_vectors(_as_is(chunks), vectors, run.embedder.dim)
-        quality.append({"stage": "vectors", **result.to_dict()})
-        if not result.passed:
-            return fail("quarantined", result.reason)
-        _crash_point("record_chunks")
-        record_chunks(run.lineage, run.run_id, run.collection, _as_is(chunks), v)
-        _crash_point("upsert")
-        run.counts["points_upserted"] += upsert(
-            run.store, run.collection, _as_is(chunks), vectors, v
+    def check(stage: str, results: dict[str, QualityResult]) -> None:
+        for k, result in results.items():
+            quality[k].append({"stage": stage, **result.to_dict()})
+            if not result.passed:
+                failed[k] = ("quarantined", result.reason)
+
+    def alive(items: dict[str, T]) -> dict[str, T]:
+        return {k: item for k, item in items.items() if k not in failed}
+
+    emb = run.embedder
+    parsed = step("parse", docs, lambda out: parse(_as_is(docs), out))
+    chunks = step("chunk", parsed, lambda out: chunk(_as_is(parsed), emb, _as_is(s), v, out))
+    check(
+        "chunks",
+        step(
+            "check_chunks",
+            chunks,
+            lambda out: check_chunks(_as_is(chunks), emb.max_seq_length, out),
+        ),
+    )
+    chunks = alive(chunks)
+    vectors = step(
+        "embed",
+        chunks,
+        lambda out: embed(emb, _as_is(chunks), s.embedding.batch_size, out),
+    )
+    run.counts["chunks_embedded"] += sum(len(chunks[k]) for k in vectors)
+    embedded = {k: (chunks[k], vectors[k]) for k in vectors}
+    check(
+        "vectors",
+        step("check_vectors", embedded, lambda out: check_vectors(_as_is(embedded), emb.dim, out)),
+    )
+    ready = alive({k: chunks[k] for k in vectors})
+    intended = step(
+        "record_chunks",
+        ready,
+        lambda out: record_chunks(run.lineage, run.run_id, run.collection, _as_is(ready), v, out),
+    )
+    to_write = {k: embedded[k] for k in intended}
+    written = step(
+        "upsert",
+        to_write,
+        lambda out: upsert(run.store, run.collection, _as_is(to_write), v, out),
+    )
+    run.counts["points_upserted"] += sum(written.values())
+    commits = {k: (docs[k], [c.chunk_id for c in chunks[k]], quality[k]) for k in written}
+    committed = step(
+        "record",
+        commits,
+        lambda out: record_indexed(
+            run.lineage, run.run_id, run.collection, v, _as_is(commits), out
+        ),
+    )
+    for k in committed:
+        run.counts[states[k]] += 1
+    _record_failures(run, {k: (docs[k], *failed[k], quality[k]) for k in docs if k in failed})
+
+
+def _record_failures(
+    run: _Run, failures: dict[str, tuple[SourceDocument, str, str, list[dict[str, Any]]]]
+) -> None:
+    if failures:
+        record_failures(
+            run.lineage,
+            run.run_id,
+            run.collection,
+            run.version,
+            _as_is(failures),
+            _as_is(Outcomes()),
         )
-        _crash_point("record")
-        ids = [c.chunk_id for c in chunks]
-        record_indexed(run.lineage, run.run_id, run.collection, doc, v, _as_is(ids), quality)
-        run.counts[state] += 1
-    except Exception as e:  # one document fails alone; its reason is recorded, the run goes on
-        reason = (
-            str(e) if type(e).__module__.startswith("pipelines") else f"{type(e).__name__}: {e}"
-        )
-        fail("failed", reason)
+        run.counts["failed"] += len(failures)
 
 
 def _index_all(run: _Run, found: Discovery, states: dict[str, str]) -> None:
-    for doc, reason in found.unreadable:
-        record_failure(
-            run.lineage, run.run_id, run.collection, doc, run.version, "failed", reason, []
-        )
-        run.counts["failed"] += 1
+    _record_failures(run, {d.doc_id: (d, "failed", reason, []) for d, reason in found.unreadable})
     todo = [d for d in found.documents if states[d.doc_id] != "unchanged"]
     run.counts["unchanged"] += len(found.documents) - len(todo)
+    size = run.settings.ingest.batch_documents
     _report("documents", 0, len(todo))
-    for done, doc in enumerate(todo, 1):
-        _index_document(run, doc, states[doc.doc_id])
-        _report("documents", done, len(todo))
+    for start in range(0, len(todo), size):
+        batch = todo[start : start + size]
+        _index_batch(run, batch, states)
+        _report("documents", start + len(batch), len(todo))
 
 
 def _collect_garbage(run: _Run) -> None:

@@ -65,6 +65,16 @@ class ChunkingSettings(_Section):
         return self
 
 
+class IngestSettings(_Section):
+    """How the ingest flow walks the documents it indexes (flows/ingest.py)."""
+
+    # Documents that go through each step together: one Prefect task run per step per batch
+    # (not per document) and one embedding call for all of a batch's chunks. Larger batches cost
+    # less orchestration; smaller ones report progress more often and hold fewer parsed documents
+    # in memory. What gets indexed is the same for any size (not part of the pipeline version).
+    batch_documents: int = Field(default=16, ge=1, le=4096)
+
+
 class VectorStoreSettings(_Section):
     """Where ingestion writes vectors and search reads them (pipelines/vectorstore/)."""
 
@@ -160,6 +170,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = ModelsSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
+    ingest: IngestSettings = IngestSettings()
     vector_store: VectorStoreSettings = VectorStoreSettings()
     serve: ServeSettings = ServeSettings()
     rag: RagSettings = RagSettings()

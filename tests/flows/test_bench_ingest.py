@@ -30,19 +30,23 @@ def test_bench_logs_an_mlflow_run_with_its_metrics(data_dir: Path, tmp_path: Pat
     corpus.mkdir()
     for name, text in DOCS.items():
         (corpus / name).write_text(text)
-    cfg = BenchConfig(corpus=str(corpus), max_tokens=64, overlap_tokens=8, rounds=2)
+    cfg = BenchConfig(
+        corpus=str(corpus), max_tokens=64, overlap_tokens=8, rounds=2, batch_documents=2
+    )
     result = bench_ingest(cfg)
 
     m = result["metrics"]
     assert m["documents"] == 5 and m["failed_direct"] == m["failed_flow"] == 0
     assert m["chunks"] >= 5
-    assert m["flow_task_runs"] > 5 * 8  # every step of every document is a task run
+    # Each step is one task run per batch of two: groups of 3 and 2 documents make 3 batches.
+    assert m["batch_documents"] == 2
+    assert 3 * 8 <= m["flow_task_runs"] < 5 * 8
     for side in ("direct", "flow"):
         assert m[f"{side}_docs_per_s"] > 0 and m[f"{side}_chunks_per_s"] > 0
         assert m[f"{side}_embed_s"] > 0 and m[f"{side}_parse_s"] > 0
         shares = sum(m[f"{side}_{step}_share"] for step in (*STEPS, "unaccounted"))
         assert shares == pytest.approx(1.0)
-    assert "flow overhead" in result["table"]
+    assert "flow overhead" in result["table"] and "2 documents a batch" in result["table"]
 
     mlflow.set_tracking_uri(tracking_uri(get_settings()))
     run = mlflow.get_run(result["run_id"])

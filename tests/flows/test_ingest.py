@@ -5,7 +5,8 @@ Qdrant Edge store and DuckDB lineage, under Prefect's test harness:
 - a changed document's new points are written before its old ones are deleted;
 - a document removed from the source is deleted with prune (and only then);
 - a process SIGKILLed at any step, then re-run, ends in the state of an uninterrupted run;
-- a corrupt file fails alone, with its reason recorded;
+- a corrupt file fails alone, with its reason recorded, and an empty one is quarantined alone
+  (documents go through the steps in batches: `ingest.batch_documents`);
 - `impetus reindex` builds a new version beside the old one and switches the alias atomically.
 """
 
@@ -35,7 +36,11 @@ V2 = {
     "alpha.md": "# Alpha\n\nAlpha changed: it now talks about blue/green re-indexing.\n",
     "beta.txt": V1["beta.txt"],
     "delta.txt": "Delta is new in the second version of the corpus.",
+    "epsilon.md": "# Epsilon\n\nEpsilon is new too: in batches of two it is alone in the second.\n",
 }
+# The crash tests index V2's changes (alpha changed, delta and epsilon new) in batches of two, so a
+# step is killed with a whole batch in it, and `parse:2` falls between two batches.
+CRASH_BATCH = {"IMPETUS_INGEST__BATCH_DOCUMENTS": "2"}
 
 
 def write_corpus(root: Path, files: dict[str, str]) -> Path:
@@ -159,19 +164,27 @@ def test_removed_document_is_deleted_only_with_prune(data_dir: Path, tmp_path: P
     assert len(after["points"]) == len(gamma) - pruned["points_deleted"]
 
 
-def test_corrupt_file_fails_alone_with_its_reason(data_dir: Path, tmp_path: Path) -> None:
+def test_corrupt_file_fails_alone_with_its_reason(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of two: the corrupt and the empty file share batches with documents that index.
+    use_data_dir(data_dir, monkeypatch, IMPETUS_INGEST__BATCH_DOCUMENTS="2")
     corpus = write_corpus(tmp_path / "corpus", V1)
     (corpus / "broken.pdf").write_bytes(b"this is not a PDF at all \x00\x01\x02")
+    (corpus / "empty.txt").write_text("   \n")
     summary = ingest([str(corpus)], collection="c")
-    assert summary["documents"]["new"] == 3 and summary["documents"]["failed"] == 1
+    assert summary["documents"]["new"] == 3 and summary["documents"]["failed"] == 2
     assert len(snapshot()["documents"]) == 3
     with Lineage.open(get_settings(), read_only=True) as lin:
         (chain,) = lin.trace(str(corpus / "broken.pdf"))
+        (empty,) = lin.trace(str(corpus / "empty.txt"))
     assert chain["document_version"]["status"] == "failed"
     assert "broken.pdf" in chain["document_version"]["reason"]
+    assert empty["document_version"]["status"] == "quarantined"
+    assert empty["document_version"]["reason"]
     # Failed documents are retried by the next run; the others stay unchanged.
     again = ingest([str(corpus)], collection="c")
-    assert again["documents"]["unchanged"] == 3 and again["documents"]["failed"] == 1
+    assert again["documents"]["unchanged"] == 3 and again["documents"]["failed"] == 2
 
 
 # --- crash safety: the CLI in a subprocess, SIGKILLed at a step, then re-run ---------------------
@@ -180,7 +193,7 @@ def test_corrupt_file_fails_alone_with_its_reason(data_dir: Path, tmp_path: Path
 CRASH_STEPS = [
     "discover",
     "load_embedder",
-    "parse:2",  # mid-run: the first changed document is fully indexed, the next not parsed
+    "parse:2",  # mid-run: the first batch (alpha, delta) fully indexed, epsilon not parsed
     "chunk",
     "check_chunks",
     "embed",
@@ -234,7 +247,8 @@ def test_sigkill_at_any_step_then_rerun_matches_an_uninterrupted_run(
     v1_docs = {name for name, _ in snapshot()["documents"]}
     write_corpus(corpus, V2)
     try:
-        proc = run_cli(["ingest", str(corpus), "-c", "c", "--prune", "--json"], data, crash_at=step)
+        args = ["ingest", str(corpus), "-c", "c", "--prune", "--json"]
+        proc = run_cli(args, data, crash_at=step, **CRASH_BATCH)
         assert proc.returncode == -9, proc.stderr[-3000:]
         # Killed mid-run: every document of both versions is still findable.
         store = create_store(get_settings())
