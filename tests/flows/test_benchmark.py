@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import run_cli
+from tests.flows.conftest import link_models, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -35,8 +35,7 @@ def test_embedding_bench_logs_one_run_per_model_and_dimension(
     tmp_path: Path, ready_models_dir: Path
 ) -> None:
     state = tmp_path / "state"
-    state.mkdir()
-    (state / "models").symlink_to(ready_models_dir, target_is_directory=True)
+    link_models(state, ready_models_dir)
     r = run_cli(["bench", "embeddings", "--quick", "--json"], state)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
