@@ -1,7 +1,7 @@
 """The serving benchmark: our engine and server against mlx-lm's, on one machine, in one run.
 
     impetus bench serving                 # the full run (about 5-10 minutes on a laptop)
-    impetus bench serving --quick         # CI-sized: levels 1 and 4, 16 tokens, one repetition
+    impetus bench serving --quick         # CI-sized: levels 1 and 4, 16 tokens, 600-token prefix, once
     impetus bench serving --ray           # also `impetus serve --ray` (slow to start)
 
 Same model (the registry's `models.llm`), same prompts, same BLAS (OpenBLAS preloaded for every
@@ -92,6 +92,7 @@ class BenchConfig:
             rounds=1,
             sweeps=1,
             decode_runs=1,
+            prefix_tokens=600,
             prefix_reps=1,
             ray=ray,
             quick=True,
