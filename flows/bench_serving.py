@@ -260,7 +260,7 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     ]
 
 
-async def _stream(
+async def stream_request(
     client: httpx.AsyncClient, server: Server, path: str, body: dict[str, Any]
 ) -> tuple[float, int]:
     """One streamed request: (TTFT in ms, completion tokens from the usage chunk)."""
@@ -297,7 +297,9 @@ async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> LevelRes
             for _ in range(cfg.rounds):
                 body = {"messages": chats[i], "max_tokens": cfg.max_tokens, "temperature": 0.0}
                 try:
-                    ttft, tokens = await _stream(client, server, "/v1/chat/completions", body)
+                    ttft, tokens = await stream_request(
+                        client, server, "/v1/chat/completions", body
+                    )
                 except (httpx.HTTPError, RuntimeError):
                     result.errors += 1
                     continue
@@ -366,8 +368,8 @@ def prefix_ttft(server: Server, prefixes: list[str]) -> dict[str, float]:
                     {"prompt": f"{prefix}\n\n{q}\n", "max_tokens": 1, "temperature": 0.0}
                     for q in QUESTIONS[:2]
                 )
-                cold.append((await _stream(client, server, "/v1/completions", a))[0])
-                warm.append((await _stream(client, server, "/v1/completions", b))[0])
+                cold.append((await stream_request(client, server, "/v1/completions", a))[0])
+                warm.append((await stream_request(client, server, "/v1/completions", b))[0])
         return {"first_ms": statistics.median(cold), "second_ms": statistics.median(warm)}
 
     return asyncio.run(run())

@@ -20,7 +20,6 @@ the metrics, the machine's load average and the table.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import time
@@ -75,8 +74,6 @@ def _body(i: int, constrained: bool, max_tokens: int) -> dict[str, Any]:
         "messages": [{"role": "user", "content": f"Write a long story about {topic}."}],
         "max_tokens": max_tokens,
         "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
     if constrained:
         body["response_format"] = {
@@ -87,21 +84,10 @@ def _body(i: int, constrained: bool, max_tokens: int) -> dict[str, Any]:
 
 
 async def _request(client: httpx.AsyncClient, server: Server, body: dict[str, Any]) -> int:
-    """One streamed request; its completion tokens (from the usage chunk)."""
-    tokens = 0
-    body = {**body, "model": server.model}
-    async with client.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"{server.name} answered {r.status_code}: {await r.aread()!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("error"):
-                raise RuntimeError(f"{server.name} failed mid-stream: {chunk['error']}")
-            if chunk.get("usage"):
-                tokens = int(chunk["usage"]["completion_tokens"])
-    return tokens
+    """One streamed request (bench_serving's SSE reader); its completion tokens."""
+    from flows.bench_serving import stream_request
+
+    return (await stream_request(client, server, "/v1/chat/completions", body))[1]
 
 
 async def _run(server: Server, constrained: int, cfg: StructuredBenchConfig) -> dict[str, float]:

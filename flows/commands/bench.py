@@ -42,7 +42,10 @@ def _report(s: Settings, result: dict[str, Any], as_json: bool, where: str) -> N
 @app.command("serving")
 def bench_serving(
     quick: Annotated[
-        bool, typer.Option("--quick", help="CI-sized: 1 and 4 streams, 16 tokens, a 600-token prefix, once.")
+        bool,
+        typer.Option(
+            "--quick", help="CI-sized: 1 and 4 streams, 16 tokens, a 600-token prefix, once."
+        ),
     ] = False,
     ray: Annotated[
         bool, typer.Option("--ray", help="Also measure `impetus serve --ray` (slow to start).")
