@@ -181,6 +181,33 @@ def _compare(
         mlflow.set_tags({"impetus_baseline": base_id, "impetus_regressions": result.regressions})
 
 
+def _finish(
+    settings: Settings,
+    kind: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    configs: list[tuple[str, dict[str, Any], dict[str, float]]],
+    rows: list[dict[str, Any]],
+    table: str,
+    figure: Any,
+    baseline: tuple[str, dict[str, dict[str, float]]] | None,
+    notes: list[str] | None = None,
+) -> BenchResult:
+    """Log the bench (table as Markdown, CSV and JSON, the plot), then compare with `baseline`."""
+    artifacts = {
+        "results.md": table,
+        "results.csv": _csv(rows),
+        "results.json": json.dumps(rows, indent=2),
+    }
+    run_id = _log_bench(settings, experiment, run_name, params, configs, artifacts, figure)
+    result = BenchResult(
+        kind, table, rows, run_id, str(settings.data_dir / "mlartifacts"), notes=notes or []
+    )
+    _compare(settings, experiment, baseline, configs, result)
+    return result
+
+
 def _baseline(
     settings: Settings, experiment: str, compare_to: str | None
 ) -> tuple[str, dict[str, dict[str, float]]] | None:
@@ -447,14 +474,21 @@ def bench_embeddings(cfg: EmbeddingBenchConfig) -> BenchResult:
         f"{rows[0]['chunks'] if rows else 0} chunks of ≤ {settings.chunking.max_tokens} tokens; "
         f"search: top {SEARCH_K} chunks → documents; hybrid = dense + BM25 (RRF)"
     )
+
+    def by_model(metric: str) -> list[tuple[str, list[Any], list[float]]]:
+        return [
+            (m, [r["dims"] for r in rows if r["model"] == m], [r[metric] for r in rows if r["model"] == m])
+            for m in models
+        ]  # fmt: skip
+
     figure = _figure(
         [
-            ("dense nDCG@10 by dimensions", "nDCG@10", [(m, [r["dims"] for r in rows if r["model"] == m], [r["dense_ndcg_at_10"] for r in rows if r["model"] == m]) for m in models]),
-            ("index size", "MB", [(m, [r["dims"] for r in rows if r["model"] == m], [r["index_mb"] for r in rows if r["model"] == m]) for m in models]),
-            ("dense query latency p50", "ms", [(m, [r["dims"] for r in rows if r["model"] == m], [r["dense_query_p50_ms"] for r in rows if r["model"] == m]) for m in models]),
+            ("dense nDCG@10 by dimensions", "nDCG@10", by_model("dense_ndcg_at_10")),
+            ("index size", "MB", by_model("index_mb")),
+            ("dense query latency p50", "ms", by_model("dense_query_p50_ms")),
         ],
         "line",
-    )  # fmt: skip
+    )
     params = {
         "dataset": cfg.dataset,
         "corpus": corpus,
@@ -468,19 +502,10 @@ def bench_embeddings(cfg: EmbeddingBenchConfig) -> BenchResult:
         "search_k": SEARCH_K,
         **_machine(),
     }
-    artifacts = {
-        "results.md": table,
-        "results.csv": _csv(rows),
-        "results.json": json.dumps(rows, indent=2),
-    }
-    run_id = _log_bench(
-        settings, EMBED_EXPERIMENT, "embeddings", params, configs, artifacts, figure
-    )
-    result = BenchResult(
-        "embeddings", table, rows, run_id, str(settings.data_dir / "mlartifacts"), notes=notes
-    )
-    _compare(settings, EMBED_EXPERIMENT, baseline, configs, result)
-    return result
+    return _finish(
+        settings, "embeddings", EMBED_EXPERIMENT, "embeddings", params, configs, rows, table,
+        figure, baseline, notes,
+    )  # fmt: skip
 
 
 # -- LLM quantizations ---------------------------------------------------------------------------
@@ -635,12 +660,7 @@ def bench_llm(cfg: LLMBenchConfig) -> BenchResult:
         "greedy_tokens": cfg.greedy_tokens,
         **_machine(),
     }
-    artifacts = {
-        "results.md": table,
-        "results.csv": _csv(rows),
-        "results.json": json.dumps(rows, indent=2),
-    }
-    run_id = _log_bench(settings, LLM_EXPERIMENT, f"llm {base}", params, configs, artifacts, figure)
-    result = BenchResult("llm", table, rows, run_id, str(settings.data_dir / "mlartifacts"))
-    _compare(settings, LLM_EXPERIMENT, baseline, configs, result)
-    return result
+    return _finish(
+        settings, "llm", LLM_EXPERIMENT, f"llm {base}", params, configs, rows, table, figure,
+        baseline,
+    )  # fmt: skip
