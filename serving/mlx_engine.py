@@ -1,8 +1,9 @@
 """The MLX engine: continuous batching on mlx-lm's `BatchGenerator`, behind `serving.engine.Engine`.
 
 Seams, one sentence each:
-- One thread owns the model, the `BatchGenerator` and the prefix cache: every MLX call happens
-  there, and an error there ends the affected requests, never the thread.
+- One thread owns the model, the `BatchGenerator` and the prefix cache: every MLX call after the
+  load happens there, and an error there ends the affected requests, never the thread. (The
+  weights load in a helper thread: `_load_weights` says why.)
 - The async side validates and tokenizes a request, then talks to the thread through a
   thread-safe inbox (admit, cancel, close); deltas come back to each request's asyncio queue by
   `loop.call_soon_threadsafe`, one call per event loop per decode step.
@@ -110,6 +111,7 @@ class MLXEngine:
         self._admitted = 0
         self._closed = False
         self._ready = threading.Event()
+        self._parked = threading.Event()  # set when the engine thread ends: frees the loader
         self._load_error: BaseException | None = None
         self._tok_lock = threading.Lock()
         self._counters = _Counters()
@@ -342,6 +344,7 @@ class MLXEngine:
         except BaseException as exc:
             self._load_error = exc
             self._ready.set()
+            self._parked.set()
             return
         self._ready.set()
         try:
@@ -355,6 +358,7 @@ class MLXEngine:
         finally:
             self._closed = True
             self._shutdown()
+            self._parked.set()
 
     def _load(self) -> None:
         import mlx.core as mx
@@ -362,7 +366,7 @@ class MLXEngine:
         from mlx_lm.models.cache import LRUPromptCache
 
         self._mx = mx
-        model, tokenizer = load_model(self.path, cpu_float32=self.config.cpu_float32)
+        model, tokenizer = self._load_weights()
         self._model = model
         params: Any = tree_flatten(model.parameters())
         self._weights_bytes = sum(v.nbytes for _, v in params)
@@ -390,6 +394,34 @@ class MLXEngine:
         )
         self._gen = self._new_generator()
         self._tokenizer = tokenizer
+
+    def _load_weights(self) -> tuple[Any, Any]:
+        """`load_model` in a helper thread that then waits until the engine stops.
+
+        Loading allocates and frees hundreds of MB of temporaries (safetensors, dequantized
+        copies) through the malloc arena of the thread that loads, and MLX allocates on every op
+        of every decode step from the thread that evaluates. Decoding from the thread that had
+        loaded ran 6-8 % slower at one stream on the CPU backend (same weights, same loop; see
+        README, "Serving benchmark"). The helper stays parked so that its arena is not handed
+        to a thread created later."""
+        out: list[Any] = []
+        loaded = threading.Event()
+
+        def load() -> None:
+            try:
+                out.append(load_model(self.path, cpu_float32=self.config.cpu_float32))
+            except BaseException as exc:
+                out.append(exc)
+            loaded.set()
+            self._parked.wait()
+
+        name = f"mlx-load-{self.model_name}"
+        threading.Thread(target=load, name=name, daemon=True).start()
+        loaded.wait()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        model, tokenizer = out[0]
+        return model, tokenizer
 
     def _new_generator(self) -> Any:
         from mlx_lm.generate import BatchGenerator, StopSequences

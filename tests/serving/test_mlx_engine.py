@@ -322,6 +322,31 @@ def test_close_ends_pending_requests(model_path: Path) -> None:
 
     asyncio.run(scenario())
     assert eng.stats().memory_bytes == 0
+    # The weights were loaded by a helper thread (see MLXEngine._load_weights); it ends with the
+    # engine, so loading and unloading models does not pile up threads.
+    assert not _threads_of(MODEL)
+
+
+def _threads_of(model: str) -> list[str]:
+    import threading
+
+    deadline = time.monotonic() + 10
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name.endswith(f"-{model}")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def test_a_folder_that_does_not_load_is_a_clear_error_and_leaves_no_thread(
+    tmp_path: Path,
+) -> None:
+    from serving.engine import EngineError
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(EngineError, match="Could not load model 'broken'"):
+        MLXEngine.load(tmp_path, "broken")
+    assert not _threads_of("broken")
 
 
 def test_constrained_requests_share_the_batch_and_match_solo(engine: MLXEngine) -> None:
