@@ -8,6 +8,7 @@ solo runs must agree token for token; timings are printed, never asserted.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -307,7 +308,9 @@ def test_prefix_cache_stays_under_its_byte_cap(engine: MLXEngine) -> None:
 
 @pytest.mark.slow
 def test_close_ends_pending_requests(model_path: Path) -> None:
+    before = _threads_of(MODEL)  # the module's engine has its own
     eng = MLXEngine.load(model_path, MODEL, prefix_cache_bytes=0)
+    assert len(_threads_of(MODEL)) == len(before) + 2  # its engine thread and its loader
 
     async def scenario() -> None:
         task = asyncio.create_task(
@@ -324,16 +327,15 @@ def test_close_ends_pending_requests(model_path: Path) -> None:
     assert eng.stats().memory_bytes == 0
     # The weights were loaded by a helper thread (see MLXEngine._load_weights); it ends with the
     # engine, so loading and unloading models does not pile up threads.
-    assert not _threads_of(MODEL)
+    assert _threads_of(MODEL, until=len(before)) == before
 
 
-def _threads_of(model: str) -> list[str]:
-    import threading
-
+def _threads_of(model: str, until: int | None = None) -> list[threading.Thread]:
+    """The live threads named for `model`; with `until`, waits up to 10 s for that many."""
     deadline = time.monotonic() + 10
     while True:
-        alive = [t.name for t in threading.enumerate() if t.name.endswith(f"-{model}")]
-        if not alive or time.monotonic() > deadline:
+        alive = [t for t in threading.enumerate() if t.name.endswith(f"-{model}")]
+        if until is None or len(alive) <= until or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)
 
@@ -346,7 +348,7 @@ def test_a_folder_that_does_not_load_is_a_clear_error_and_leaves_no_thread(
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(EngineError, match="Could not load model 'broken'"):
         MLXEngine.load(tmp_path, "broken")
-    assert not _threads_of("broken")
+    assert not _threads_of("broken", until=0)
 
 
 def test_constrained_requests_share_the_batch_and_match_solo(engine: MLXEngine) -> None:

@@ -3,7 +3,8 @@
 On the bundled model (SmolLM2-135M-Instruct, whose template has no tool support: Impetus's tool
 prompt is used) every constrained output must parse and validate; the model's answers are
 otherwise not judged. The 50-prompt validity run shares the continuous batch (concurrent
-requests) and is marked slow.
+requests) and is marked slow; in Ray mode it runs 20 of the prompts (every kind four times), since
+the grammar work is the same engine code and `make test` must stay under 20 minutes here.
 """
 
 from __future__ import annotations
@@ -393,7 +394,9 @@ def test_every_output_validates_over_50_prompts(
     client: openai.OpenAI, server: RunningServer
 ) -> None:
     """50 varied requests at once (they share the batch): schemas, a Pydantic model, forced and
-    required tool calls, sampled and greedy. Every one must finish and validate."""
+    required tool calls, sampled and greedy. Every one must finish and validate. (20 in Ray mode:
+    the routes and engine are the same code; the mode adds the hops, which 20 cover.)"""
+    n = 50 if server.mode == "inprocess" else 20
     tools = [WEATHER_TOOL, TIME_TOOL]
     kinds = ["schema", "parse", "forced_tool", "required_tool", "schema_stream"]
 
@@ -463,7 +466,7 @@ def test_every_output_validates_over_50_prompts(
             return kind, False, f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # the server's batch size
-        results = list(pool.map(one, range(50)))
+        results = list(pool.map(one, range(n)))
     bad = [r for r in results if not r[1]]
-    print(f"\nvalid: {50 - len(bad)}/50")
+    print(f"\nvalid: {n - len(bad)}/{n}")
     assert not bad, bad
