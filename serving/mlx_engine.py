@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -402,26 +403,19 @@ class MLXEngine:
         copies) through the malloc arena of the thread that loads, and MLX allocates on every op
         of every decode step from the thread that evaluates. Decoding from the thread that had
         loaded ran 6-8 % slower at one stream on the CPU backend (same weights, same loop; see
-        README, "Serving benchmark"). The helper stays parked so that its arena is not handed
+        README, Measurements → Serving). The helper stays parked so that its arena is not handed
         to a thread created later."""
-        out: list[Any] = []
-        loaded = threading.Event()
+        loaded: Future[tuple[Any, Any]] = Future()
 
         def load() -> None:
             try:
-                out.append(load_model(self.path, cpu_float32=self.config.cpu_float32))
+                loaded.set_result(load_model(self.path, cpu_float32=self.config.cpu_float32))
             except BaseException as exc:
-                out.append(exc)
-            loaded.set()
+                loaded.set_exception(exc)
             self._parked.wait()
 
-        name = f"mlx-load-{self.model_name}"
-        threading.Thread(target=load, name=name, daemon=True).start()
-        loaded.wait()
-        if isinstance(out[0], BaseException):
-            raise out[0]
-        model, tokenizer = out[0]
-        return model, tokenizer
+        threading.Thread(target=load, name=f"mlx-load-{self.model_name}", daemon=True).start()
+        return loaded.result()
 
     def _new_generator(self) -> Any:
         from mlx_lm.generate import BatchGenerator, StopSequences
