@@ -14,7 +14,9 @@ data_dir/bench/models); on Metal both use the registry folder as it is.
   subprocess, runs interleaved, medians; both on the weights as the engine prepares them
   (`serving.mlx_engine.load_model`);
 - aggregate tok/s and TTFT p50/p95 at 1, 4, 8 and 16 concurrent streams of `impetus serve` vs
-  `python -m mlx_lm.server` (goal ≥ 1.0× at every level), levels interleaved;
+  `python -m mlx_lm.server` (goal ≥ 1.0× at every level): each level in rounds, every round one
+  burst on each server back to back, so the ratio is reported pooled and as the spread of the
+  rounds' paired ratios;
 - TTFT of a request sharing a 1,500-token prefix with the one before it, prefix cache on vs off
   (goal ≤ 0.3×);
 - seconds from launching `impetus serve` to /api/health/live (goal < 10 s) and to ready.
@@ -74,11 +76,14 @@ class BenchConfig:
 
     levels: tuple[int, ...] = (1, 4, 8, 16)
     max_tokens: int = 64
-    rounds: int = 1  # requests each stream sends in a row, per level and server
-    # Sweeps over all levels, the servers' order alternating; a level's figures pool every sweep
-    # (one 64-token burst per level swung ±20 % between runs on a shared machine).
+    # Requests per server, level and sweep, at least: a level runs ceil(min_requests / streams)
+    # rounds, each round one burst of `streams` requests on every server back to back (the order
+    # alternating), so low levels get as many samples as high ones and every round is a pair.
+    min_requests: int = 8
+    # Sweeps over all levels; a level's figures pool every sweep (one 64-token burst per level
+    # swung ±20 % between runs on a shared machine).
     sweeps: int = 3
-    decode_runs: int = 3
+    decode_runs: int = 6  # single-stream decode runs of each side
     prefix_tokens: int = 1500
     prefix_reps: int = 3
     ray: bool = False
@@ -89,7 +94,7 @@ class BenchConfig:
         return cls(
             levels=(1, 4),
             max_tokens=16,
-            rounds=1,
+            min_requests=1,
             sweeps=1,
             decode_runs=1,
             prefix_tokens=600,
@@ -107,6 +112,16 @@ class LevelResult:
     wall_s: float
     ttft_ms: list[float] = field(default_factory=list)
     errors: int = 0  # requests that failed (a server that falls over is a result, not a crash)
+    round_tps: list[float] = field(default_factory=list)  # aggregate tok/s of each round
+
+    def add(self, r: LevelResult) -> None:
+        """Pool one round's result into this one."""
+        self.requests += r.requests
+        self.completion_tokens += r.completion_tokens
+        self.wall_s += r.wall_s
+        self.ttft_ms += r.ttft_ms
+        self.errors += r.errors
+        self.round_tps.append(r.tps)
 
     @property
     def tps(self) -> float:
@@ -287,14 +302,17 @@ async def stream_request(
     return ttft, tokens
 
 
-async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> LevelResult:
+async def _level(
+    server: Server, concurrency: int, cfg: BenchConfig, rounds: int = 1
+) -> LevelResult:
+    """`concurrency` streams at once, each sending `rounds` requests one after the other."""
     chats = prompts(concurrency)
     result = LevelResult(concurrency, 0, 0, 0.0)
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
 
         async def stream_worker(i: int) -> None:
-            for _ in range(cfg.rounds):
+            for _ in range(rounds):
                 body = {"messages": chats[i], "max_tokens": cfg.max_tokens, "temperature": 0.0}
                 try:
                     ttft, tokens = await stream_request(
@@ -314,29 +332,32 @@ async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> LevelRes
 
 
 def warm_up(server: Server) -> None:
-    cfg = BenchConfig(rounds=1, max_tokens=8)
-    asyncio.run(_level(server, 2, cfg))
+    asyncio.run(_level(server, 2, BenchConfig(max_tokens=8)))
 
 
 @task(cache_policy=NO_CACHE)
 def concurrency_levels(servers: list[Server], cfg: BenchConfig) -> dict[str, list[LevelResult]]:
-    """Each level on each server in turn (interleaved, so that a load spike hits both), in
-    `cfg.sweeps` sweeps whose server order alternates; each level's results pooled over sweeps."""
+    """Each level in rounds (`BenchConfig.min_requests`), every round on each server in turn, the
+    order alternating from round to round, so that a load spike hits both; `cfg.sweeps` sweeps
+    over all levels; each level's results pooled, with every round's tok/s kept for pairing."""
     for server in servers:
         warm_up(server)
     out: dict[str, list[LevelResult]] = {
         s.name: [LevelResult(level, 0, 0, 0.0) for level in cfg.levels] for s in servers
     }
-    for sweep in range(cfg.sweeps):
+    turn = 0
+    for _ in range(cfg.sweeps):
         for i, level in enumerate(cfg.levels):
-            for server in servers if sweep % 2 == 0 else servers[::-1]:
-                r, pooled = asyncio.run(_level(server, level, cfg)), out[server.name][i]
-                pooled.requests += r.requests
-                pooled.completion_tokens += r.completion_tokens
-                pooled.wall_s += r.wall_s
-                pooled.ttft_ms += r.ttft_ms
-                pooled.errors += r.errors
+            for _ in range(max(1, -(-cfg.min_requests // level))):
+                for server in servers if turn % 2 == 0 else servers[::-1]:
+                    out[server.name][i].add(asyncio.run(_level(server, level, cfg)))
+                turn += 1
     return out
+
+
+def paired_ratios(ours: LevelResult, ref: LevelResult) -> list[float]:
+    """Our tok/s over the reference's, round by round (the two ran back to back)."""
+    return [a / b for a, b in zip(ours.round_tps, ref.round_tps, strict=True) if b > 0]
 
 
 # -- prefix cache --------------------------------------------------------------------------------
@@ -465,10 +486,11 @@ def _decode_probe(args: dict[str, Any]) -> dict[str, Any]:
         return asyncio.run(ours_async())
 
     raw(), ours()  # warm-up: first-call compilation and allocation
-    raws, oursl = [], []
-    for _ in range(int(args["runs"])):
-        raws.append(raw())
-        oursl.append(ours())
+    raws: list[tuple[float, int]] = []
+    oursl: list[tuple[float, int]] = []
+    for i in range(int(args["runs"])):  # interleaved, the order alternating
+        for side in (raw, ours) if i % 2 == 0 else (ours, raw):
+            (raws if side is raw else oursl).append(side())
 
     asyncio.run(engine.close())
     return {
@@ -559,9 +581,16 @@ def _metrics(
             m[f"c{c}_ttft_p95_ms_{side}"] = r.ttft(95)
             m[f"c{c}_tokens_{side}"] = r.completion_tokens
             m[f"c{c}_errors_{side}"] = r.errors
-    for r in levels["impetus"]:
-        ref = m[f"c{r.concurrency}_tps_mlx_lm"]
-        m[f"c{r.concurrency}_tps_ratio"] = r.tps / ref if ref > 0 else float("inf")
+    for r, ref in zip(levels["impetus"], levels["mlx-lm"], strict=True):
+        c = r.concurrency
+        m[f"c{c}_tps_ratio"] = r.tps / ref.tps if ref.tps > 0 else float("inf")
+        pairs = paired_ratios(r, ref)
+        m[f"c{c}_rounds"] = len(pairs)
+        if pairs:
+            m[f"c{c}_pair_ratio_p25"] = percentile(pairs, 25)
+            m[f"c{c}_pair_ratio_p50"] = percentile(pairs, 50)
+            m[f"c{c}_pair_ratio_p75"] = percentile(pairs, 75)
+            m[f"c{c}_pair_wins"] = sum(p >= 1.0 for p in pairs)
     return m
 
 
@@ -591,11 +620,17 @@ def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
 
     for c in cfg.levels:
         rt = tps(c, "ray") if ray else ""
+        ratio = f"{m[f'c{c}_tps_ratio']:.2f}×"
+        if m.get(f"c{c}_rounds", 0) > 1:  # the spread of the back-to-back pairs
+            ratio += (
+                f" (pairs {m[f'c{c}_pair_ratio_p25']:.2f}–{m[f'c{c}_pair_ratio_p75']:.2f},"
+                f" {int(m[f'c{c}_pair_wins'])}/{int(m[f'c{c}_rounds'])} ≥ 1)"
+            )
         row(
             f"{c} stream{'s' if c > 1 else ''}: aggregate tok/s",
             tps(c, "ours"),
             tps(c, "mlx_lm"),
-            f"{m[f'c{c}_tps_ratio']:.2f}×",
+            ratio,
             "≥ 1.0×",
             rt,
         )

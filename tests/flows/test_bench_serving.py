@@ -72,3 +72,18 @@ def test_quick_bench_logs_an_mlflow_run_with_every_metric(
     assert m["decode_tps_ours"] > 0 and m["c4_tps_ours"] > 0
     assert run.data.params["quick"] == "True"
     assert run.info.experiment_id == mlflow.get_experiment_by_name("serving-bench").experiment_id
+    assert m["c4_rounds"] == 1 and m["c4_pair_ratio_p50"] == pytest.approx(m["c4_tps_ratio"])
+
+
+def test_rounds_pool_and_pair_back_to_back() -> None:
+    """A level's rounds pool into one result; each round pairs one burst of either server."""
+    from flows.bench_serving import LevelResult, paired_ratios
+
+    ours, ref = LevelResult(1, 0, 0, 0.0), LevelResult(1, 0, 0, 0.0)
+    for tokens, wall, ref_wall in ((64, 4.0, 5.0), (64, 4.0, 4.0), (32, 2.0, 1.0)):
+        ours.add(LevelResult(1, 1, tokens, wall, [100.0]))
+        ref.add(LevelResult(1, 1, tokens, ref_wall, [120.0]))
+    assert (ours.requests, ours.completion_tokens, ours.wall_s) == (3, 160, 10.0)
+    assert ours.tps == pytest.approx(16.0) and ref.tps == pytest.approx(16.0)
+    assert ours.round_tps == [16.0, 16.0, 16.0]
+    assert paired_ratios(ours, ref) == pytest.approx([1.25, 1.0, 0.5])
