@@ -112,6 +112,7 @@ class LevelResult:
     wall_s: float
     ttft_ms: list[float] = field(default_factory=list)
     errors: int = 0  # requests that failed (a server that falls over is a result, not a crash)
+    error_kinds: dict[str, int] = field(default_factory=dict)  # exception name → count
     round_tps: list[float] = field(default_factory=list)  # aggregate tok/s of each round
 
     def add(self, r: LevelResult) -> None:
@@ -121,6 +122,8 @@ class LevelResult:
         self.wall_s += r.wall_s
         self.ttft_ms += r.ttft_ms
         self.errors += r.errors
+        for kind, n in r.error_kinds.items():
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
         self.round_tps.append(r.tps)
 
     @property
@@ -318,8 +321,10 @@ async def _level(
                     ttft, tokens = await stream_request(
                         client, server, "/v1/chat/completions", body
                     )
-                except (httpx.HTTPError, RuntimeError):
+                except (httpx.HTTPError, RuntimeError) as exc:
                     result.errors += 1
+                    kind = type(exc).__name__
+                    result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
                     continue
                 result.ttft_ms.append(ttft)
                 result.completion_tokens += tokens
@@ -581,6 +586,8 @@ def _metrics(
             m[f"c{c}_ttft_p95_ms_{side}"] = r.ttft(95)
             m[f"c{c}_tokens_{side}"] = r.completion_tokens
             m[f"c{c}_errors_{side}"] = r.errors
+            for kind, n in r.error_kinds.items():
+                m[f"c{c}_errors_{side}_{kind}"] = n
     for r, ref in zip(levels["impetus"], levels["mlx-lm"], strict=True):
         c = r.concurrency
         m[f"c{c}_tps_ratio"] = r.tps / ref.tps if ref.tps > 0 else float("inf")
@@ -616,7 +623,11 @@ def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
 
     def tps(c: int, side: str) -> str:
         failed = int(m[f"c{c}_errors_{side}"])
-        return f"{m[f'c{c}_tps_{side}']:.1f}" + (f" ({failed} failed)" if failed else "")
+        prefix = f"c{c}_errors_{side}_"
+        kinds = ", ".join(
+            f"{int(v)} {k[len(prefix) :]}" for k, v in m.items() if k.startswith(prefix)
+        )
+        return f"{m[f'c{c}_tps_{side}']:.1f}" + (f" ({failed} failed: {kinds})" if failed else "")
 
     for c in cfg.levels:
         rt = tps(c, "ray") if ray else ""

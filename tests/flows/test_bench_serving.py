@@ -87,3 +87,20 @@ def test_rounds_pool_and_pair_back_to_back() -> None:
     assert ours.tps == pytest.approx(16.0) and ref.tps == pytest.approx(16.0)
     assert ours.round_tps == [16.0, 16.0, 16.0]
     assert paired_ratios(ours, ref) == pytest.approx([1.25, 1.0, 0.5])
+
+
+def test_failed_requests_show_their_kind_in_the_table() -> None:
+    from flows.bench_serving import BenchConfig, LevelResult, _metrics, render_table
+
+    def level(errors: dict[str, int]) -> list[LevelResult]:
+        r = LevelResult(1, 0, 0, 0.0)
+        r.add(LevelResult(1, 2, 64, 4.0, [100.0, 110.0], sum(errors.values()), errors))
+        return [r]
+
+    decode = {"ours_tps": 10.0, "mlx_lm_tps": 10.0, "ours_tokens": 64, "mlx_lm_tokens": 64}
+    prefix = {"first_ms": 900.0, "second_ms": 100.0}
+    levels = {"impetus": level({}), "mlx-lm": level({"ReadError": 2})}
+    m = _metrics(decode, levels, prefix, prefix, {"live_s": 1.0, "ready_s": 2.0}, {})
+    table = render_table(m, BenchConfig(levels=(1,)))
+    assert m["c1_errors_mlx_lm_ReadError"] == 2
+    assert "| 1 stream: aggregate tok/s | 16.0 | 16.0 (2 failed: 2 ReadError) | 1.00× |" in table
