@@ -111,8 +111,8 @@ class LevelResult:
     completion_tokens: int
     wall_s: float
     ttft_ms: list[float] = field(default_factory=list)
-    errors: int = 0  # requests that failed (a server that falls over is a result, not a crash)
-    error_kinds: dict[str, int] = field(default_factory=dict)  # exception name → count
+    # Requests that failed, by exception name (a server that falls over is a result, not a crash).
+    error_kinds: dict[str, int] = field(default_factory=dict)
     round_tps: list[float] = field(default_factory=list)  # aggregate tok/s of each round
 
     def add(self, r: LevelResult) -> None:
@@ -121,10 +121,13 @@ class LevelResult:
         self.completion_tokens += r.completion_tokens
         self.wall_s += r.wall_s
         self.ttft_ms += r.ttft_ms
-        self.errors += r.errors
         for kind, n in r.error_kinds.items():
             self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
         self.round_tps.append(r.tps)
+
+    @property
+    def errors(self) -> int:
+        return sum(self.error_kinds.values())
 
     @property
     def tps(self) -> float:
@@ -305,30 +308,24 @@ async def stream_request(
     return ttft, tokens
 
 
-async def _level(
-    server: Server, concurrency: int, cfg: BenchConfig, rounds: int = 1
-) -> LevelResult:
-    """`concurrency` streams at once, each sending `rounds` requests one after the other."""
+async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> LevelResult:
+    """One burst: `concurrency` streamed requests at once."""
     chats = prompts(concurrency)
     result = LevelResult(concurrency, 0, 0, 0.0)
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
 
         async def stream_worker(i: int) -> None:
-            for _ in range(rounds):
-                body = {"messages": chats[i], "max_tokens": cfg.max_tokens, "temperature": 0.0}
-                try:
-                    ttft, tokens = await stream_request(
-                        client, server, "/v1/chat/completions", body
-                    )
-                except (httpx.HTTPError, RuntimeError) as exc:
-                    result.errors += 1
-                    kind = type(exc).__name__
-                    result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
-                    continue
-                result.ttft_ms.append(ttft)
-                result.completion_tokens += tokens
-                result.requests += 1
+            body = {"messages": chats[i], "max_tokens": cfg.max_tokens, "temperature": 0.0}
+            try:
+                ttft, tokens = await stream_request(client, server, "/v1/chat/completions", body)
+            except (httpx.HTTPError, RuntimeError) as exc:
+                kind = type(exc).__name__
+                result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+                return
+            result.ttft_ms.append(ttft)
+            result.completion_tokens += tokens
+            result.requests += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(stream_worker(i) for i in range(concurrency)))

@@ -94,7 +94,7 @@ def test_failed_requests_show_their_kind_in_the_table() -> None:
 
     def level(errors: dict[str, int]) -> list[LevelResult]:
         r = LevelResult(1, 0, 0, 0.0)
-        r.add(LevelResult(1, 2, 64, 4.0, [100.0, 110.0], sum(errors.values()), errors))
+        r.add(LevelResult(1, 2, 64, 4.0, [100.0, 110.0], error_kinds=errors))
         return [r]
 
     decode = {"ours_tps": 10.0, "mlx_lm_tps": 10.0, "ours_tokens": 64, "mlx_lm_tokens": 64}
