@@ -3,7 +3,7 @@
     impetus eval retrieval --dataset data/eval/python-docs.jsonl --collection python-docs
 
 Each mode retrieves `CHUNKS` chunks per question, collapsed to documents in rank order
-(pipelines/evaluate.py), and is scored with hit@1/5/10, MRR@10 and nDCG@10. One MLflow run
+(pipelines/evaluation/retrieval.py), and is scored with hit@1/5/10, MRR@10 and nDCG@10. One MLflow run
 (experiment `retrieval-eval`, SQLite store at data_dir/mlflow.db) holds the parameters (dataset,
 collection, pipeline settings, fusion weights), one metric per mode × measure and the table.
 """
@@ -17,7 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 if TYPE_CHECKING:
-    from pipelines.evaluate import Question
+    from pipelines.evaluation.retrieval import Question
     from pipelines.retrieve import Retriever
     from pipelines.settings import Settings
 
@@ -30,7 +30,7 @@ def evaluate_mode(
     retriever: Retriever, questions: list[Question], vectors: Any, collection: str, mode: str
 ) -> dict[str, Any]:
     """Metrics of one search mode over every question (and the per-question ranks)."""
-    from pipelines import evaluate
+    from pipelines.evaluation import retrieval as evaluate
 
     rows = []
     for q, vec in zip(questions, vectors, strict=True):
@@ -48,10 +48,10 @@ def log_mlflow(
     metrics: dict[str, float],
     artifacts: dict[str, str],
 ) -> str:
-    """One MLflow run in data_dir's SQLite store (flows/tracking.py), returns its id."""
+    """One MLflow run in data_dir's SQLite store (flows/bench/tracking.py), returns its id."""
     import mlflow
 
-    from flows.tracking import use_experiment
+    from flows.bench.tracking import use_experiment
 
     use_experiment(settings, experiment)
     with mlflow.start_run(run_name=run_name) as run:
@@ -67,8 +67,8 @@ def eval_retrieval(
     dataset: str, collection: str, modes: tuple[str, ...] = ("dense", "sparse", "hybrid")
 ) -> dict[str, Any]:
     """Score each search mode on the labelled questions of `dataset` over `collection`."""
-    from pipelines import evaluate
     from pipelines.embed.dispatch import load_embedder
+    from pipelines.evaluation import retrieval as evaluate
     from pipelines.retrieve import Retriever
     from pipelines.settings import get_settings
     from pipelines.vectorstore import open_store

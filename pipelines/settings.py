@@ -66,7 +66,7 @@ class ChunkingSettings(_Section):
 
 
 class IngestSettings(_Section):
-    """How the ingest flow walks the documents it indexes (flows/ingest.py)."""
+    """How the ingest flow walks the documents it indexes (flows/ingest/flow.py)."""
 
     # Documents that go through each step together: one Prefect task run per step per batch
     # (not per document) and one embedding call for all of a batch's chunks. Larger batches cost

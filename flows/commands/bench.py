@@ -54,8 +54,8 @@ def bench_serving(
 ) -> None:
     """Our engine and server vs mlx-lm's: decode tok/s, concurrency, prefix cache, start-up."""
     s = _prepare()
-    from flows.bench_serving import BenchConfig
-    from flows.bench_serving import bench_serving as flow
+    from flows.bench.serving import BenchConfig
+    from flows.bench.serving import bench_serving as flow
 
     cfg = BenchConfig.quick_config(ray=ray) if quick else BenchConfig(ray=ray)
     with domain_errors():
@@ -97,8 +97,8 @@ def bench_ingest(
             python_docs(s.data_dir)  # fetched once, before any flow starts
         except CorpusError as e:
             raise fail(str(e)) from None
-    from flows.bench_ingest import BenchConfig
-    from flows.bench_ingest import bench_ingest as flow
+    from flows.bench.ingest import BenchConfig
+    from flows.bench.ingest import bench_ingest as flow
 
     cfg = BenchConfig(limit, max_chunks, max_tokens, overlap_tokens, rounds, corpus)
     with domain_errors():
@@ -115,8 +115,8 @@ def bench_structured(
 ) -> None:
     """Aggregate tok/s at 8 streams with half of them JSON-schema constrained vs none (≥ 0.9×)."""
     s = _prepare()
-    from flows.bench_structured import StructuredBenchConfig
-    from flows.bench_structured import bench_structured as flow
+    from flows.bench.structured import StructuredBenchConfig
+    from flows.bench.structured import bench_structured as flow
 
     cfg = StructuredBenchConfig.quick_config() if quick else StructuredBenchConfig()
     with domain_errors():
@@ -207,8 +207,8 @@ def bench_embeddings(
         if path is not None and not path.exists():
             raise fail(f"{what} {path}: no such file or folder")
     s = _prepare()
-    from flows.benchmark import EmbeddingBenchConfig
-    from flows.benchmark import bench_embeddings as flow
+    from flows.bench.models import EmbeddingBenchConfig
+    from flows.bench.models import bench_embeddings as flow
 
     kw: dict[str, Any] = {"models": tuple(model or ()), "compare_to": compare_to}
     cfg = EmbeddingBenchConfig.quick_config(**kw) if quick else EmbeddingBenchConfig(**kw)
@@ -268,8 +268,8 @@ def bench_llm(
     if text is not None and not text.is_file():
         raise fail(f"--text {text}: no such file")
     s = _prepare()
-    from flows.benchmark import LLMBenchConfig
-    from flows.benchmark import bench_llm as flow
+    from flows.bench.models import LLMBenchConfig
+    from flows.bench.models import bench_llm as flow
 
     kw: dict[str, Any] = {
         "model": model,

@@ -42,7 +42,7 @@ def _run(flow_name: str, **params: Any) -> dict[str, Any]:
     if not _State.verbose:
         # Great Expectations logs every fluent-API registration at info.
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from flows import ingest as flows_ingest
+    from flows.ingest import flow as flows_ingest
 
     with domain_errors(), progress(flow_name) as update:
         flows_ingest.on_progress(update)

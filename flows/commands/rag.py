@@ -2,7 +2,7 @@
 
 search and chat go through a running server when one answers on serve.host:serve.port (it owns
 the embedded store: one writer), else run in this process: search opens the store itself, chat
-runs the same app (serving/app.py) in-process without HTTP.
+runs the same app (serving/http/app.py) in-process without HTTP.
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ async def _chat_in_process(s: Settings, payload: dict[str, Any]) -> tuple[int, d
     """The server's app, run in this process and called without a socket."""
     import httpx
 
-    from serving.app import create_app
-    from serving.model_manager import ModelManager, mlx_engine_factory
+    from serving.engine.manager import ModelManager, mlx_engine_factory
+    from serving.http.app import create_app
 
     app = create_app(s, manager=ModelManager.from_settings(s, mlx_engine_factory(s)))
     async with app.router.lifespan_context(app):
@@ -203,7 +203,7 @@ def eval_retrieval(
 
     prefect_env(s, _State.verbose)
     from flows.eval_retrieval import eval_retrieval as flow
-    from pipelines.evaluate import DatasetError
+    from pipelines.evaluation.retrieval import DatasetError
 
     try:
         with domain_errors():
@@ -228,8 +228,8 @@ def bench_retrieval(
     from flows.console import _State
 
     prefect_env(s, _State.verbose)
-    from flows.bench_retrieval import RetrievalBenchConfig
-    from flows.bench_retrieval import bench_retrieval as flow
+    from flows.bench.retrieval import RetrievalBenchConfig
+    from flows.bench.retrieval import bench_retrieval as flow
 
     with domain_errors():
         result = flow(RetrievalBenchConfig(chunks=chunks, queries=queries))

@@ -1,9 +1,9 @@
 """`impetus serve`: the OpenAI-compatible endpoint.
 
-One process by default: uvicorn runs `serving.app.create_app` with a `ModelManager` over the MLX
+One process by default: uvicorn runs `serving.http.app.create_app` with a `ModelManager` over the MLX
 engine. It answers /api/health/live at once (MLX is imported when the default model loads, in
 the background) and /api/health/ready once the default model is resident. `--ray` runs the same
-app and engine as Ray Serve deployments (serving/ray_app.py).
+app and engine as Ray Serve deployments (serving/ray/deployments.py).
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ def serve(
         if entry.kind != "llm":
             raise fail(f"{model!r} is an {entry.kind} model; --model takes an LLM.")
     if ray:
-        if importlib.util.find_spec("serving.ray_app") is None:
-            raise fail("Ray Serve mode is not available in this installation (serving/ray_app.py).")
-        from serving import ray_app
+        if importlib.util.find_spec("serving.ray.deployments") is None:
+            raise fail(
+                "Ray Serve mode is not available in this installation (serving/ray/deployments.py)."
+            )
+        from serving.ray import deployments as ray_app
 
         with domain_errors():
             ray_app.run(s, host=host, port=port, model=model, serve_config=serve_config)
@@ -54,8 +56,8 @@ def serve(
 
     import uvicorn
 
-    from serving.app import create_app
-    from serving.model_manager import ModelManager, mlx_engine_factory
+    from serving.engine.manager import ModelManager, mlx_engine_factory
+    from serving.http.app import create_app
 
     manager = ModelManager.from_settings(s, mlx_engine_factory(s), default_model=model)
     app = create_app(s, manager=manager, preload_default=True)

@@ -7,7 +7,7 @@
 Why local and not Qdrant sparse vectors: the index is built from the payload texts every adapter
 already returns, so sparse results are the same whichever store holds the data, the
 `VectorStore` protocol and the collections' schema stay as they are (no re-index of existing
-collections), and a query over 100k chunks costs about a millisecond (flows/bench_retrieval.py).
+collections), and a query over 100k chunks costs about a millisecond (flows/bench/retrieval.py).
 
 Layout: postings in CSR form by term (`term_ptr`, `post_doc`, `post_w`) with each posting's BM25
 weight precomputed (idf · tf·(k1+1) / (tf + k1·(1-b+b·len/avglen))), so a query is a slice per

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from flows.ingest import ingest, reindex
+from flows.ingest.flow import ingest, reindex
 from pipelines.lineage import Lineage
 from pipelines.settings import get_settings
 from pipelines.vectorstore import create_store
@@ -189,7 +189,7 @@ def test_corrupt_file_fails_alone_with_its_reason(
 
 # --- crash safety: the CLI in a subprocess, SIGKILLed at a step, then re-run ---------------------
 
-# Every step the flow reaches in a V1 -> V2 --prune run (flows/ingest.py, IMPETUS_TEST_CRASH_AT).
+# Every step the flow reaches in a V1 -> V2 --prune run (flows/ingest/flow.py, IMPETUS_TEST_CRASH_AT).
 CRASH_STEPS = [
     "discover",
     "load_embedder",

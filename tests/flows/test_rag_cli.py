@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from flows.ingest import ingest
+from flows.ingest.flow import ingest
 from pipelines.settings import load_settings
-from serving.app import create_app
-from serving.model_manager import ModelManager
+from serving.engine.manager import ModelManager
+from serving.http.app import create_app
 from tests.flows.conftest import run_cli
 from tests.serving.fakes import FakeEngine
 from tests.serving.servers import uvicorn_server

@@ -17,7 +17,7 @@ import pytest
 from tests.serving.ray_server import ray_server, start_ray  # noqa: F401 (session fixture)
 from tests.serving.servers import RunningServer, start_inprocess
 
-# Ray Serve mode (serving/ray_app.py) is `impetus serve --ray` in a subprocess, started once per
+# Ray Serve mode (serving/ray/deployments.py) is `impetus serve --ray` in a subprocess, started once per
 # session (tests/serving/ray_server.py); slow to start, hence the marker.
 SERVER_MODES: list[Any] = ["inprocess", pytest.param("ray", marks=pytest.mark.slow)]
 SERVER_STARTERS: dict[

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines.embed.base import Backend, Embedding
 from pipelines.models.store import Kind, ModelEntry, ModelStore
-from serving.engine import (
+from serving.engine.base import (
     Delta,
     EngineClosedError,
     EngineError,

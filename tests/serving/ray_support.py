@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipelines.models.store import ModelStore
 from pipelines.settings import Settings, load_settings
-from serving.engine import Engine
+from serving.engine.base import Engine
 from tests.serving.fakes import FakeEngine, StoreWithFakes
 from tests.serving.servers import FAKE_LLMS, real_engine_available
 
@@ -28,7 +28,7 @@ def engine_factory(name: str, path: Path) -> Engine:
         return FAKE_LLMS[name]()
     if not real_engine_available():
         return FakeEngine(name)
-    from serving.model_manager import mlx_engine_factory
+    from serving.engine.manager import mlx_engine_factory
 
     # The replica's settings come from the same IMPETUS_* environment as the server's.
     engine: Engine = mlx_engine_factory(load_settings())(name, path)

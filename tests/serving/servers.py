@@ -1,7 +1,7 @@
 """Servers under test: a real uvicorn on a free 127.0.0.1 port, and the in-process server mode.
 
 The in-process server serves the bundled LLM with the real MLX engine when
-`serving/mlx_engine.py` exists (set IMPETUS_TEST_FAKE_ENGINE=1 to use the fake), the bundled
+`serving/engine/mlx_engine.py` exists (set IMPETUS_TEST_FAKE_ENGINE=1 to use the fake), the bundled
 embedding model with the real MLX encoder, and a few fake models (`fakes.FakeEngine`) for the
 error paths a real engine cannot produce on demand (queue overflow).
 """
@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from pipelines.settings import Settings, load_settings
-from serving.app import create_app
-from serving.engine import Engine
-from serving.model_manager import EngineFactory, ModelManager, mlx_engine_factory
+from serving.engine.base import Engine
+from serving.engine.manager import EngineFactory, ModelManager, mlx_engine_factory
+from serving.http.app import create_app
 from tests.serving.fakes import FakeEngine, StoreWithFakes
 
 # Fake LLMs every in-process server also serves; each load builds a fresh engine.
@@ -53,7 +53,7 @@ class RunningServer:
 def real_engine_available() -> bool:
     if os.environ.get("IMPETUS_TEST_FAKE_ENGINE"):
         return False
-    return importlib.util.find_spec("serving.mlx_engine") is not None
+    return importlib.util.find_spec("serving.engine.mlx_engine") is not None
 
 
 def recording_factory(engines: dict[str, Any], fallback: EngineFactory | None) -> EngineFactory:

@@ -1,0 +1,714 @@
+"""The serving benchmark: our engine and server against mlx-lm's, on one machine, in one run.
+
+    impetus bench serving                 # the full run (about 5-10 minutes on a laptop)
+    impetus bench serving --quick         # CI-sized: levels 1 and 4, 16 tokens, 600-token prefix, once
+    impetus bench serving --ray           # also `impetus serve --ray` (slow to start)
+
+Same model (the registry's `models.llm`), same prompts, same BLAS (OpenBLAS preloaded for every
+process where Debian has it), greedy decoding, all measured side by side. On MLX's CPU backend the
+engine computes in float32 (float16 is about 30-100x slower there), so `mlx_lm.server` gets the
+same weights as a float32 folder made by `mlx_lm convert -d --dtype float32` (cached under
+data_dir/bench/models); on Metal both use the registry folder as it is.
+
+- single-stream decode tok/s of our engine vs raw `mlx_lm.stream_generate` (goal ≥ 0.95×), in one
+  subprocess, runs interleaved, medians; both on the weights as the engine prepares them
+  (`serving.engine.mlx_engine.load_model`);
+- aggregate tok/s and TTFT p50/p95 at 1, 4, 8 and 16 concurrent streams of `impetus serve` vs
+  `python -m mlx_lm.server` (goal ≥ 1.0× at every level): each level in rounds, every round one
+  burst on each server back to back, so the ratio is reported pooled and as the spread of the
+  rounds' paired ratios;
+- TTFT of a request sharing a 1,500-token prefix with the one before it, prefix cache on vs off
+  (goal ≤ 0.3×);
+- seconds from launching `impetus serve` to /api/health/live (goal < 10 s) and to ready.
+
+Load goes only to 127.0.0.1, in fixed numbers of requests with timeouts; every server started here
+is stopped here. One MLflow run per benchmark (experiment `serving-bench`, SQLite store at
+data_dir/mlflow.db) holds the metrics, the machine's load average and the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+EXPERIMENT = "serving-bench"
+HOST = "127.0.0.1"
+REQUEST_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 900.0  # Ray on a busy two-core machine takes minutes
+
+TOPICS = (
+    "a lighthouse keeper", "the first snow", "a lost key", "a robot gardener", "an old map",
+    "a night train", "a quiet library", "a stubborn goat", "the last bakery", "a paper boat",
+    "a mountain radio", "a clockmaker", "a desert well", "a city of bridges", "a shy dragon",
+    "a winter market",
+)  # fmt: skip
+QUESTIONS = (
+    "What is the main topic of the text above?",
+    "Which word appears most often in the text above?",
+    "Summarise the text above in one sentence.",
+    "Is the text above a story or a list?",
+)
+
+
+@dataclass
+class BenchConfig:
+    """What one run measures; `quick()` is the CI-sized variant."""
+
+    levels: tuple[int, ...] = (1, 4, 8, 16)
+    max_tokens: int = 64
+    # Requests per server, level and sweep, at least: a level runs ceil(min_requests / streams)
+    # rounds, each round one burst of `streams` requests on every server back to back (the order
+    # alternating), so low levels get as many samples as high ones and every round is a pair.
+    min_requests: int = 8
+    # Sweeps over all levels; a level's figures pool every sweep (one 64-token burst per level
+    # swung ±20 % between runs on a shared machine).
+    sweeps: int = 3
+    decode_runs: int = 6  # single-stream decode runs of each side
+    prefix_tokens: int = 1500
+    prefix_reps: int = 3
+    ray: bool = False
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls, ray: bool = False) -> BenchConfig:
+        return cls(
+            levels=(1, 4),
+            max_tokens=16,
+            min_requests=1,
+            sweeps=1,
+            decode_runs=1,
+            prefix_tokens=600,
+            prefix_reps=1,
+            ray=ray,
+            quick=True,
+        )
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    completion_tokens: int
+    wall_s: float
+    ttft_ms: list[float] = field(default_factory=list)
+    # Requests that failed, by exception name (a server that falls over is a result, not a crash).
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    round_tps: list[float] = field(default_factory=list)  # aggregate tok/s of each round
+
+    def add(self, r: LevelResult) -> None:
+        """Pool one round's result into this one."""
+        self.requests += r.requests
+        self.completion_tokens += r.completion_tokens
+        self.wall_s += r.wall_s
+        self.ttft_ms += r.ttft_ms
+        for kind, n in r.error_kinds.items():
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
+        self.round_tps.append(r.tps)
+
+    @property
+    def errors(self) -> int:
+        return sum(self.error_kinds.values())
+
+    @property
+    def tps(self) -> float:
+        return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def ttft(self, q: float) -> float:
+        return percentile(self.ttft_ms, q)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def bench_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of every process measured: same BLAS, same data_dir, telemetry off."""
+    from pipelines import telemetry
+    from pipelines.hardware import blas_preload
+
+    telemetry.disable()
+    env = {**os.environ, "IMPETUS_DATA_DIR": str(settings.data_dir), **extra}
+    preload = blas_preload(env)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    env["_IMPETUS_REEXEC"] = "1"  # the launcher must not re-exec: LD_PRELOAD is set here
+    env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    return env
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    model: str  # what requests put in "model"
+    proc: subprocess.Popen[bytes]
+    live_s: float = float("nan")
+    ready_s: float = float("nan")
+
+
+def _poll(url: str, proc: subprocess.Popen[bytes], deadline: float, log: Path) -> None:
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_bytes()[-3000:].decode(errors="replace")
+            raise RuntimeError(f"the server exited ({proc.returncode}) before {url}:\n{tail}")
+        with suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {START_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
+
+
+@contextmanager
+def launch(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    port: int,
+    model: str,
+    live_path: str,
+    ready_path: str,
+    log_dir: Path,
+) -> Iterator[Server]:
+    """Start a server on 127.0.0.1:`port`, time launch → live and → ready; stop it at exit."""
+    log = log_dir / f"{name}.log"
+    url = f"http://{HOST}:{port}"
+    with open(log, "wb") as out:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        server = Server(name, url, model, proc)
+        try:
+            deadline = started + START_TIMEOUT_S
+            _poll(url + live_path, proc, deadline, log)
+            server.live_s = time.monotonic() - started
+            _poll(url + ready_path, proc, deadline, log)
+            server.ready_s = time.monotonic() - started
+            yield server
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def impetus_serve(
+    settings: Settings, log_dir: Path, *, ray: bool = False, name: str = "impetus", **env: str
+) -> Any:
+    port = free_port()
+    argv = [sys.executable, "-m", "flows.cli", "serve", "--host", HOST, "--port", str(port)]
+    if ray:
+        argv.append("--ray")
+    return launch(
+        name,
+        argv,
+        bench_env(settings, **env),
+        port=port,
+        model=settings.models.llm,
+        live_path="/api/health/live",
+        ready_path="/api/health/ready",
+        log_dir=log_dir,
+    )
+
+
+def mlx_lm_server(settings: Settings, model_path: Path, log_dir: Path) -> Any:
+    port = free_port()
+    argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_path)]
+    argv += ["--host", HOST, "--port", str(port), "--log-level", "WARNING"]
+    return launch(
+        "mlx-lm",
+        argv,
+        bench_env(settings),
+        port=port,
+        model="default_model",
+        live_path="/health",
+        ready_path="/health",
+        log_dir=log_dir,
+    )
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+def prompts(n: int) -> list[list[dict[str, str]]]:
+    return [
+        [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}]
+        for i in range(n)
+    ]
+
+
+async def stream_request(
+    client: httpx.AsyncClient, server: Server, path: str, body: dict[str, Any]
+) -> tuple[float, int]:
+    """One streamed request: (TTFT in ms, completion tokens from the usage chunk)."""
+    body = {**body, "model": server.model, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    started = time.perf_counter()
+    ttft = float("nan")
+    tokens = 0
+    async with client.stream("POST", server.url + path, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{server.name} answered {r.status_code}: {await r.aread()!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("error"):
+                raise RuntimeError(f"{server.name} failed mid-stream: {chunk['error']}")
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or choice.get("text")
+                if piece and ttft != ttft:  # first non-empty piece
+                    ttft = (time.perf_counter() - started) * 1000
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+    return ttft, tokens
+
+
+async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> LevelResult:
+    """One burst: `concurrency` streamed requests at once."""
+    chats = prompts(concurrency)
+    result = LevelResult(concurrency, 0, 0, 0.0)
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+
+        async def stream_worker(i: int) -> None:
+            body = {"messages": chats[i], "max_tokens": cfg.max_tokens, "temperature": 0.0}
+            try:
+                ttft, tokens = await stream_request(client, server, "/v1/chat/completions", body)
+            except (httpx.HTTPError, RuntimeError) as exc:
+                kind = type(exc).__name__
+                result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+                return
+            result.ttft_ms.append(ttft)
+            result.completion_tokens += tokens
+            result.requests += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(stream_worker(i) for i in range(concurrency)))
+        result.wall_s = time.perf_counter() - started
+    return result
+
+
+def warm_up(server: Server) -> None:
+    asyncio.run(_level(server, 2, BenchConfig(max_tokens=8)))
+
+
+@task(cache_policy=NO_CACHE)
+def concurrency_levels(servers: list[Server], cfg: BenchConfig) -> dict[str, list[LevelResult]]:
+    """Each level in rounds (`BenchConfig.min_requests`), every round on each server in turn, the
+    order alternating from round to round, so that a load spike hits both; `cfg.sweeps` sweeps
+    over all levels; each level's results pooled, with every round's tok/s kept for pairing."""
+    for server in servers:
+        warm_up(server)
+    out: dict[str, list[LevelResult]] = {
+        s.name: [LevelResult(level, 0, 0, 0.0) for level in cfg.levels] for s in servers
+    }
+    turn = 0
+    for _ in range(cfg.sweeps):
+        for i, level in enumerate(cfg.levels):
+            for _ in range(max(1, -(-cfg.min_requests // level))):
+                for server in servers if turn % 2 == 0 else servers[::-1]:
+                    out[server.name][i].add(asyncio.run(_level(server, level, cfg)))
+                turn += 1
+    return out
+
+
+def paired_ratios(ours: LevelResult, ref: LevelResult) -> list[float]:
+    """Our tok/s over the reference's, round by round (the two ran back to back)."""
+    return [a / b for a, b in zip(ours.round_tps, ref.round_tps, strict=True) if b > 0]
+
+
+# -- prefix cache --------------------------------------------------------------------------------
+
+
+def shared_prefix(model_path: Path, n_tokens: int, seed: int) -> str:
+    """A text of exactly about `n_tokens` tokens of the model's tokenizer."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    rng = random.Random(seed)
+    words = [*" ".join(TOPICS).split(), "river", "stone", "window", "letter", "garden", "bell"]
+    text = ""
+    while len(tok.encode(text, add_special_tokens=False).ids) < n_tokens:
+        text += " ".join(rng.choice(words) for _ in range(200)) + ".\n"
+    ids = tok.encode(text, add_special_tokens=False).ids[:n_tokens]
+    return str(tok.decode(ids))
+
+
+@task(cache_policy=NO_CACHE)
+def prefix_ttft(server: Server, prefixes: list[str]) -> dict[str, float]:
+    """Per prefix: request A (prefix + question 1), then B (prefix + question 2); TTFT of B."""
+
+    async def run() -> dict[str, float]:
+        cold, warm = [], []
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as client:
+            for prefix in prefixes:
+                a, b = (
+                    {"prompt": f"{prefix}\n\n{q}\n", "max_tokens": 1, "temperature": 0.0}
+                    for q in QUESTIONS[:2]
+                )
+                cold.append((await stream_request(client, server, "/v1/completions", a))[0])
+                warm.append((await stream_request(client, server, "/v1/completions", b))[0])
+        return {"first_ms": statistics.median(cold), "second_ms": statistics.median(warm)}
+
+    return asyncio.run(run())
+
+
+# -- single-stream decode ------------------------------------------------------------------------
+
+DECODE_PROMPT = "Once upon a time, in a village at the edge of a great forest,"
+
+
+@task(cache_policy=NO_CACHE)
+def reference_folder(settings: Settings, model_path: Path) -> Path:
+    """The folder mlx_lm.server loads: the registry's, or on the CPU backend its float32 copy."""
+    import mlx.core as mx
+
+    from serving.engine.mlx_engine import MLXEngineConfig
+
+    if not (MLXEngineConfig().cpu_float32 and mx.default_device().type == mx.DeviceType.cpu):
+        return model_path
+    out = settings.data_dir / "bench" / "models" / f"{model_path.name}-float32"
+    source = max(f.stat().st_mtime for f in model_path.iterdir())
+    if (out / "config.json").exists() and (out / "config.json").stat().st_mtime >= source:
+        return out
+    argv = [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(model_path)]
+    argv += ["--mlx-path", str(out), "--dequantize", "--dtype", "float32"]
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(argv, env=bench_env(settings), check=True, capture_output=True, timeout=900)
+    return out
+
+
+@task(cache_policy=NO_CACHE)
+def decode_speed(settings: Settings, model_path: Path, cfg: BenchConfig) -> dict[str, Any]:
+    """Our engine vs raw mlx_lm.stream_generate, in one fresh process (see `_decode_probe`)."""
+    args = {
+        "model": settings.models.llm,
+        "path": str(model_path),
+        "prompt": DECODE_PROMPT,
+        "max_tokens": max(cfg.max_tokens, 64),
+        "runs": cfg.decode_runs,
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.bench.serving", "decode", json.dumps(args)],
+        env=bench_env(settings),
+        capture_output=True,
+        timeout=1800,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"the decode probe failed:\n{out.stderr.decode()[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def _decode_probe(args: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a subprocess: load both, warm both, then alternate runs; greedy decoding. The raw
+    side runs on the weights as the engine prepares them (float32 on the CPU backend)."""
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    from pipelines.settings import get_settings
+    from serving.engine.base import GenerationRequest, SamplingParams
+    from serving.engine.manager import mlx_engine_factory
+    from serving.engine.mlx_engine import load_model
+
+    path, max_tokens = Path(args["path"]), int(args["max_tokens"])
+    model, tokenizer = load_model(path)
+    engine = mlx_engine_factory(get_settings())(args["model"], path)
+
+    def raw() -> tuple[float, int]:
+        stamps = [
+            time.perf_counter()
+            for _ in stream_generate(
+                model, tokenizer, args["prompt"], max_tokens=max_tokens, sampler=make_sampler(0.0)
+            )
+        ]
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
+
+    async def ours_async() -> tuple[float, int]:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        request = GenerationRequest(f"bench-{time.time_ns()}", prompt=args["prompt"], params=params)
+        stamps: list[tuple[float, int]] = []
+        async for delta in engine.generate(request):
+            if delta.completion_tokens:
+                stamps.append((time.perf_counter(), delta.completion_tokens))
+        (t0, n0), (t1, n1) = stamps[0], stamps[-1]
+        return (n1 - n0) / (t1 - t0), n1
+
+    def ours() -> tuple[float, int]:
+        return asyncio.run(ours_async())
+
+    raw(), ours()  # warm-up: first-call compilation and allocation
+    raws: list[tuple[float, int]] = []
+    oursl: list[tuple[float, int]] = []
+    for i in range(int(args["runs"])):  # interleaved, the order alternating
+        for side in (raw, ours) if i % 2 == 0 else (ours, raw):
+            (raws if side is raw else oursl).append(side())
+
+    asyncio.run(engine.close())
+    return {
+        "ours_tps": statistics.median(r[0] for r in oursl),
+        "mlx_lm_tps": statistics.median(r[0] for r in raws),
+        "ours_tokens": oursl[-1][1],
+        "mlx_lm_tokens": raws[-1][1],
+        "runs": len(raws),
+    }
+
+
+# -- the flow ------------------------------------------------------------------------------------
+
+
+@flow(name="bench-serving", log_prints=False)
+def bench_serving(cfg: BenchConfig | None = None) -> dict[str, Any]:
+    """Measure everything, log one MLflow run, return the metrics and the table."""
+    from pipelines.models.store import ModelStore
+    from pipelines.settings import get_settings
+
+    cfg = cfg or BenchConfig()
+    settings = get_settings()
+    model_path = ModelStore(settings.models_dir).resolve(settings.models.llm)
+    log_dir = settings.data_dir / "bench" / time.strftime("serving-%Y%m%d-%H%M%S")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+
+    decode = decode_speed(settings, model_path, cfg)
+    ref_path = reference_folder(settings, model_path)
+    with (
+        impetus_serve(settings, log_dir) as ours,
+        mlx_lm_server(settings, ref_path, log_dir) as ref,
+    ):
+        levels = concurrency_levels([ours, ref], cfg)
+        seeds = range(100, 100 + cfg.prefix_reps)
+        prefixes = [shared_prefix(model_path, cfg.prefix_tokens, seed) for seed in seeds]
+        cache_on = prefix_ttft(ours, prefixes)
+        launch = {"live_s": ours.live_s, "ready_s": ours.ready_s}
+    with impetus_serve(
+        settings, log_dir, name="impetus-nocache", IMPETUS_SERVE__PREFIX_CACHE_BYTES="0"
+    ) as nocache:
+        cache_off = prefix_ttft(nocache, prefixes)
+    ray: dict[str, Any] = {}
+    if cfg.ray:
+        with impetus_serve(settings, log_dir, ray=True, name="impetus-ray") as rs:
+            ray = {"live_s": rs.live_s, "ready_s": rs.ready_s}
+            ray["levels"] = concurrency_levels([rs], cfg)[rs.name]
+
+    metrics = _metrics(decode, levels, cache_on, cache_off, launch, ray)
+    load_end = os.getloadavg()
+    metrics.update({"loadavg1_start": load_start[0], "loadavg1_end": load_end[0]})
+    table = render_table(metrics, cfg)
+    run_id = _log_mlflow(settings, cfg, metrics, table, model_path, ref_path)
+    return {"run_id": run_id, "metrics": metrics, "table": table, "logs": str(log_dir)}
+
+
+def _metrics(
+    decode: dict[str, Any],
+    levels: dict[str, list[LevelResult]],
+    cache_on: dict[str, float],
+    cache_off: dict[str, float],
+    launch: dict[str, float],
+    ray: dict[str, Any],
+) -> dict[str, float]:
+    m: dict[str, float] = {
+        "decode_tps_ours": decode["ours_tps"],
+        "decode_tps_mlx_lm": decode["mlx_lm_tps"],
+        "decode_ratio": decode["ours_tps"] / decode["mlx_lm_tps"],
+        "decode_tokens_ours": decode["ours_tokens"],
+        "decode_tokens_mlx_lm": decode["mlx_lm_tokens"],
+        "prefix_ttft_cache_on_ms": cache_on["second_ms"],
+        "prefix_ttft_cache_off_ms": cache_off["second_ms"],
+        "prefix_ttft_ratio": cache_on["second_ms"] / cache_off["second_ms"],
+        "prefix_ttft_cold_ms": cache_off["first_ms"],
+        "launch_live_s": launch["live_s"],
+        "launch_ready_s": launch["ready_s"],
+    }
+    sides = [("ours", levels["impetus"]), ("mlx_lm", levels["mlx-lm"])]
+    if ray:
+        sides.append(("ray", ray["levels"]))
+        m["ray_launch_live_s"] = ray["live_s"]
+        m["ray_launch_ready_s"] = ray["ready_s"]
+    for side, results in sides:
+        for r in results:
+            c = r.concurrency
+            m[f"c{c}_tps_{side}"] = r.tps
+            m[f"c{c}_ttft_p50_ms_{side}"] = r.ttft(50)
+            m[f"c{c}_ttft_p95_ms_{side}"] = r.ttft(95)
+            m[f"c{c}_tokens_{side}"] = r.completion_tokens
+            m[f"c{c}_errors_{side}"] = r.errors
+            for kind, n in r.error_kinds.items():
+                m[f"c{c}_errors_{side}_{kind}"] = n
+    for r, ref in zip(levels["impetus"], levels["mlx-lm"], strict=True):
+        c = r.concurrency
+        m[f"c{c}_tps_ratio"] = r.tps / ref.tps if ref.tps > 0 else float("inf")
+        pairs = paired_ratios(r, ref)
+        m[f"c{c}_rounds"] = len(pairs)
+        if pairs:
+            m[f"c{c}_pair_ratio_p25"] = percentile(pairs, 25)
+            m[f"c{c}_pair_ratio_p50"] = percentile(pairs, 50)
+            m[f"c{c}_pair_ratio_p75"] = percentile(pairs, 75)
+            m[f"c{c}_pair_wins"] = sum(p >= 1.0 for p in pairs)
+    return m
+
+
+def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
+    """The README table (Markdown)."""
+    ray = "ray_launch_live_s" in m
+    head = "| measure | impetus | mlx-lm | ratio | goal |"
+    if ray:
+        head = "| measure | impetus | mlx-lm | ratio | goal | impetus --ray |"
+    rows = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+
+    def row(name: str, ours: str, ref: str, ratio: str, goal: str, r: str = "") -> None:
+        cells = [name, ours, ref, ratio, goal] + ([r] if ray else [])
+        rows.append("| " + " | ".join(cells) + " |")
+
+    row(
+        "single-stream decode, tok/s (engine vs `mlx_lm.stream_generate`)",
+        f"{m['decode_tps_ours']:.1f}",
+        f"{m['decode_tps_mlx_lm']:.1f}",
+        f"{m['decode_ratio']:.2f}×",
+        "≥ 0.95×",
+    )
+
+    def tps(c: int, side: str) -> str:
+        failed = int(m[f"c{c}_errors_{side}"])
+        prefix = f"c{c}_errors_{side}_"
+        kinds = ", ".join(
+            f"{int(v)} {k[len(prefix) :]}" for k, v in m.items() if k.startswith(prefix)
+        )
+        return f"{m[f'c{c}_tps_{side}']:.1f}" + (f" ({failed} failed: {kinds})" if failed else "")
+
+    for c in cfg.levels:
+        rt = tps(c, "ray") if ray else ""
+        ratio = f"{m[f'c{c}_tps_ratio']:.2f}×"
+        if m.get(f"c{c}_rounds", 0) > 1:  # the spread of the back-to-back pairs
+            ratio += (
+                f" (pairs {m[f'c{c}_pair_ratio_p25']:.2f}–{m[f'c{c}_pair_ratio_p75']:.2f},"
+                f" {int(m[f'c{c}_pair_wins'])}/{int(m[f'c{c}_rounds'])} ≥ 1)"
+            )
+        row(
+            f"{c} stream{'s' if c > 1 else ''}: aggregate tok/s",
+            tps(c, "ours"),
+            tps(c, "mlx_lm"),
+            ratio,
+            "≥ 1.0×",
+            rt,
+        )
+        rt = f"{m[f'c{c}_ttft_p50_ms_ray']:.0f} / {m[f'c{c}_ttft_p95_ms_ray']:.0f}" if ray else ""
+        row(
+            f"{c} stream{'s' if c > 1 else ''}: TTFT p50 / p95, ms",
+            f"{m[f'c{c}_ttft_p50_ms_ours']:.0f} / {m[f'c{c}_ttft_p95_ms_ours']:.0f}",
+            f"{m[f'c{c}_ttft_p50_ms_mlx_lm']:.0f} / {m[f'c{c}_ttft_p95_ms_mlx_lm']:.0f}",
+            "",
+            "",
+            rt,
+        )
+    row(
+        f"TTFT after a shared {cfg.prefix_tokens}-token prefix, ms (cache on / off)",
+        f"{m['prefix_ttft_cache_on_ms']:.0f} / {m['prefix_ttft_cache_off_ms']:.0f}",
+        "",
+        f"{m['prefix_ttft_ratio']:.2f}×",
+        "≤ 0.3×",
+    )
+    row(
+        "launch → /api/health/live, s (→ ready)",
+        f"{m['launch_live_s']:.1f} ({m['launch_ready_s']:.1f})",
+        "",
+        "",
+        "< 10 s",
+        f"{m['ray_launch_live_s']:.1f} ({m['ray_launch_ready_s']:.1f})" if ray else "",
+    )
+    return "\n".join(rows)
+
+
+def _log_mlflow(
+    settings: Settings,
+    cfg: BenchConfig,
+    metrics: dict[str, float],
+    table: str,
+    model_path: Path,
+    ref_path: Path,
+) -> str:
+    import mlflow
+
+    from flows.bench.tracking import use_experiment
+    from pipelines.hardware import detect
+
+    use_experiment(settings, EXPERIMENT)
+    hw = detect()
+    with mlflow.start_run(run_name="quick" if cfg.quick else "full") as run:
+        mlflow.log_params(
+            {
+                **{k: str(v) for k, v in asdict(cfg).items()},
+                "model": settings.models.llm,
+                "model_path": str(model_path),
+                "mlx_lm_server_model_path": str(ref_path),
+                "chip": hw.chip,
+                "cpu_count": hw.cpu_count,
+                "blas": hw.blas,
+                "mlx_version": hw.mlx_version,
+            }
+        )
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_text(table, "serving_bench.md")
+        return str(run.info.run_id)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m flows.bench.serving decode ARGS_JSON`: the decode probe's subprocess."""
+    if len(argv) == 2 and argv[0] == "decode":
+        print(json.dumps(_decode_probe(json.loads(argv[1]))))
+        return
+    raise SystemExit("usage: python -m flows.bench.serving decode ARGS_JSON")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,373 @@
+"""Which LLMs are resident: load and unload registry models within a memory budget, unload idle ones.
+
+The manager knows nothing of MLX: an `engine_factory(name, path) -> Engine` builds engines
+(`mlx_engine_factory(settings)` in production, a fake in tests). Requests hold a model through
+`async with manager.use(name) as engine:`, so a model in use is never evicted or reaped. Only
+registry models load. A registry LLM that is not resident loads on demand when
+`serve.load_on_demand` is on (the default) and it fits the budget, evicting idle models least
+recently used first; otherwise the request gets 503 model_not_loaded or 507 insufficient_memory.
+The default model (`models.llm`) is never unloaded for idleness or evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from pipelines.errors import ImpetusError
+from pipelines.models.store import ModelEntry, ModelStore
+from serving.engine.base import Engine, EngineStats
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EngineFactory = Callable[[str, Path], Any]  # returns an Engine, or an awaitable of one
+
+
+class ModelManagerError(ImpetusError):
+    """A model could not be made available (mapped to HTTP in serving/http/errors.py)."""
+
+
+class ModelNotLoadedError(ModelManagerError):
+    """The model is in the registry but not resident, and on-demand loading is off (503)."""
+
+
+class InsufficientMemoryError(ModelManagerError):
+    """Loading the model would exceed the memory budget even after evicting idle models (507)."""
+
+
+class ModelKindError(ModelManagerError):
+    """The model exists but is of the other kind (an embedding model asked to chat) (400)."""
+
+
+class ModelLoadError(ModelManagerError):
+    """The engine factory failed to load the model (500 inference_error)."""
+
+
+@dataclass
+class _Resident:
+    engine: Engine
+    memory_bytes: int
+    loaded_at: float
+    last_used: float
+    active: int = 0
+
+
+@dataclass
+class LoadState:
+    """What /api/health/status says about a model being loaded in the background."""
+
+    name: str
+    state: str = "loading"  # loading | loaded | failed
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def default_memory_budget() -> int:
+    """70% of physical memory: room for the OS, the embedder and the HTTP process."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return int(total * 0.7)
+
+
+class ModelManager:
+    """Resident LLM engines, keyed by registry name."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        engine_factory: EngineFactory,
+        *,
+        default_model: str | None,
+        memory_budget_bytes: int = 0,
+        idle_ttl_s: float = 0.0,
+        load_on_demand: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.default_model = default_model
+        self.memory_budget_bytes = memory_budget_bytes or default_memory_budget()
+        self.idle_ttl_s = idle_ttl_s
+        self.load_on_demand = load_on_demand
+        self._factory = engine_factory
+        self._clock = clock
+        self._resident: dict[str, _Resident] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._budget_lock = asyncio.Lock()
+        self._reserved = 0
+        self._reaper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.load_states: dict[str, LoadState] = {}
+        self._entries: list[ModelEntry] = []
+        self._entries_at = -1e9
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, engine_factory: EngineFactory, *, default_model: str | None = None
+    ) -> ModelManager:
+        s = settings.serve
+        return cls(
+            ModelStore(settings.models_dir),
+            engine_factory,
+            default_model=default_model or settings.models.llm,
+            memory_budget_bytes=s.memory_budget_bytes,
+            idle_ttl_s=s.idle_ttl_s,
+            load_on_demand=s.load_on_demand,
+        )
+
+    # -- the registry ------------------------------------------------------------------------------
+
+    def entries(self) -> list[ModelEntry]:
+        """The registry, re-read at most every 2 s (it scans wheel RECORDs and registry.json)."""
+        if self._clock() - self._entries_at > 2.0:
+            self._entries = self.store.entries()
+            self._entries_at = self._clock()
+        return self._entries
+
+    def entry(self, name: str) -> ModelEntry:
+        for e in self.entries():
+            if e.name == name:
+                return e
+        self._entries_at = -1e9  # a model imported a moment ago
+        return self.store.get(name)  # raises ModelNotFoundError with the known names
+
+    # -- residency ---------------------------------------------------------------------------------
+
+    def loaded(self) -> list[str]:
+        return list(self._resident)
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._resident
+
+    def memory_in_use(self) -> int:
+        return sum(r.memory_bytes for r in self._resident.values()) + self._reserved
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str) -> AsyncIterator[Engine]:
+        """Hold model `name` for one request, loading it on demand; 404/400/503/507 otherwise."""
+        res = self._resident.get(name)
+        if res is None:
+            entry = self.entry(name)
+            self._check_llm(entry)
+            if not self.load_on_demand:
+                raise ModelNotLoadedError(
+                    f"Model {name!r} is not loaded. Load it with POST /api/models/load "
+                    f'{{"model": "{name}"}} (or set serve.load_on_demand: true).'
+                )
+            await self.load(name)
+            res = self._resident.get(name)
+            if res is None:  # unloaded again before we got it
+                raise ModelNotLoadedError(f"Model {name!r} was unloaded; retry the request.")
+        res.active += 1
+        try:
+            yield res.engine
+        finally:
+            res.active -= 1
+            res.last_used = self._clock()
+
+    async def load(self, name: str) -> Engine:
+        """Make `name` resident (idempotent); evicts idle models to fit the budget."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name in self._resident:
+                return self._resident[name].engine
+            entry = self.entry(name)
+            self._check_llm(entry)
+            path = self.store.resolve(name)  # ModelNotReadyError when not imported
+            need = max(entry.size, 1)
+            async with self._budget_lock:
+                await self._make_room(name, need)
+                self._reserved += need
+            started = time.perf_counter()
+            log.info("model.load.start", model=name, path=str(path), estimate_bytes=need)
+            try:
+                engine = await asyncio.to_thread(self._factory, name, path)
+                if inspect.isawaitable(engine):
+                    engine = await engine
+            except ImpetusError:
+                raise
+            except Exception as exc:
+                log.error("model.load.failed", model=name, exc_info=exc)
+                raise ModelLoadError(
+                    f"Loading model {name!r} failed ({type(exc).__name__}); see the server log."
+                ) from exc
+            finally:
+                self._reserved -= need
+            memory = _engine_memory(engine) or need
+            now = self._clock()
+            self._resident[name] = _Resident(engine, memory, now, now)
+            log.info(
+                "model.load.done",
+                model=name,
+                memory_bytes=memory,
+                seconds=round(time.perf_counter() - started, 2),
+            )
+            return engine
+
+    def load_in_background(self, name: str) -> asyncio.Task[Any]:
+        """Start loading `name` without waiting (serve's start-up); progress in `load_states`."""
+        state = self.load_states[name] = LoadState(name)
+
+        async def run() -> None:
+            try:
+                await self.load(name)
+                state.state = "loaded"
+            except Exception as exc:
+                state.state, state.error = "failed", str(exc)
+                log.error("model.preload.failed", model=name, error=str(exc))
+
+        task = asyncio.create_task(run(), name=f"load:{name}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def unload(self, name: str) -> bool:
+        """Unload `name`; False when it was not resident. Requests in flight end with 503."""
+        self.entry(name)  # 404 for a name that is not in the registry
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            res = self._resident.pop(name, None)
+            if res is None:
+                return False
+            await res.engine.close()
+            log.info("model.unloaded", model=name, memory_bytes=res.memory_bytes)
+            return True
+
+    async def reap_idle(self) -> list[str]:
+        """Unload models idle for longer than the TTL (never the default model)."""
+        if self.idle_ttl_s <= 0:
+            return []
+        now = self._clock()
+        idle = [
+            n
+            for n, r in self._resident.items()
+            if n != self.default_model and r.active == 0 and now - r.last_used > self.idle_ttl_s
+        ]
+        for name in idle:
+            log.info("model.idle_unload", model=name, idle_ttl_s=self.idle_ttl_s)
+            await self.unload(name)
+        return idle
+
+    def start(self) -> None:
+        """Start the idle reaper (call from the app's lifespan, inside the event loop)."""
+        if self.idle_ttl_s > 0 and self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_forever(), name="model-reaper")
+
+    async def close(self) -> None:
+        """Stop the reaper and background loads, and close every engine."""
+        tasks = [t for t in (self._reaper, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._reaper = None
+        for name in list(self._resident):
+            res = self._resident.pop(name)
+            try:
+                await res.engine.close()
+            except Exception as exc:
+                log.warning("model.close_failed", model=name, error=str(exc))
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def stats(self) -> list[EngineStats]:
+        return [r.engine.stats() for r in self._resident.values()]
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per resident model: memory, requests in flight, idle seconds and engine stats."""
+        now = self._clock()
+        out = []
+        for name, r in self._resident.items():
+            stats = r.engine.stats()
+            out.append(
+                {
+                    "model": name,
+                    "default": name == self.default_model,
+                    "memory_bytes": stats.memory_bytes or r.memory_bytes,
+                    "active_requests": r.active,
+                    "idle_s": round(now - r.last_used, 1),
+                    "engine": stats.__dict__,
+                }
+            )
+        return out
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _check_llm(self, entry: ModelEntry) -> None:
+        if entry.kind != "llm":
+            raise ModelKindError(
+                f"Model {entry.name!r} is an {entry.kind} model; use it with /v1/embeddings, "
+                "or name an LLM (GET /v1/models lists them)."
+            )
+
+    async def _make_room(self, name: str, need: int) -> None:
+        budget = self.memory_budget_bytes
+        if need > budget:
+            raise InsufficientMemoryError(
+                f"Model {name!r} needs about {need >> 20} MiB, more than the whole memory budget "
+                f"({budget >> 20} MiB); raise serve.memory_budget_bytes."
+            )
+        while self.memory_in_use() + need > budget:
+            idle = [
+                (r.last_used, n)
+                for n, r in self._resident.items()
+                if r.active == 0 and n != self.default_model
+            ]
+            if not idle:
+                busy = ", ".join(self._resident) or "models being loaded"
+                raise InsufficientMemoryError(
+                    f"Model {name!r} needs about {need >> 20} MiB but "
+                    f"{self.memory_in_use() >> 20} of {budget >> 20} MiB are held by {busy}. "
+                    "Unload one (POST /api/models/unload) or raise serve.memory_budget_bytes."
+                )
+            _, victim = min(idle)
+            log.info("model.evict", model=victim, for_model=name)
+            res = self._resident.pop(victim)
+            await res.engine.close()
+
+    async def _reap_forever(self) -> None:
+        interval = max(1.0, min(self.idle_ttl_s / 4, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap_idle()
+            except Exception as exc:  # keep reaping; one failed close must not stop it
+                log.warning("model.reap_failed", error=str(exc))
+
+
+def _engine_memory(engine: Engine) -> int:
+    try:
+        return int(engine.stats().memory_bytes)
+    except Exception:
+        return 0
+
+
+def mlx_engine_factory(settings: Settings) -> EngineFactory:
+    """The production factory: `serving.engine.mlx_engine.MLXEngine.load(path, name, ...)`, imported lazily
+    so that the app starts without importing MLX."""
+    s = settings.serve
+
+    def factory(name: str, path: Path) -> Engine:
+        from serving.engine.mlx_engine import MLXEngine
+
+        return MLXEngine.load(
+            path,
+            name,
+            queue_limit=s.queue_limit,
+            max_batch_size=s.max_batch_size,
+            prefix_cache_bytes=s.prefix_cache_bytes,
+            retry_after=s.retry_after_s,
+        )
+
+    return factory

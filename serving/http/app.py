@@ -1,0 +1,141 @@
+"""The FastAPI app factory of the OpenAI-compatible endpoint. It knows nothing of MLX.
+
+    app = create_app(settings, manager=ModelManager.from_settings(settings, factory))
+
+Collaborators come in through the arguments: the `ModelManager` (which builds engines through
+its `engine_factory`) and an `embedder_factory(name) -> Embedder` (default: `load_embedder`).
+Each app has its own context, metrics registry and embedder pool, so tests, `impetus serve` and
+the Ray Serve ingress can build as many as they like. Nothing heavy is imported here: the
+default LLM loads when `preload_default=True` (what `impetus serve` passes), in the background,
+and /api/health/ready turns 200 when it is resident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.engine.manager import ModelManager
+from serving.http import errors
+from serving.http.deps import ServingContext
+from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
+from serving.http.routes import embeddings, generate, health, models, rag
+from serving.services.embedders import EmbedderFactory, EmbedderPool
+from serving.services.rag import RagService, wait_closed
+
+if TYPE_CHECKING:
+    from pipelines.embed.base import Embedder
+    from pipelines.settings import Settings
+
+
+class BodyLimitMiddleware:
+    """413 for a body larger than `max_bytes` (declared or streamed), before any route runs."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        # Read the body here (FastAPI reads it whole anyway) so that a chunked upload cannot
+        # grow past the limit, then replay it to the app.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = errors.APIError(
+            "invalid_request",
+            f"The request body is larger than {self.max_bytes} bytes (serve.max_body_bytes).",
+            status=413,
+        )
+        await err.response()(scope, receive, send)
+
+
+def _default_embedder_factory(settings: Settings) -> EmbedderFactory:
+    def factory(name: str) -> Embedder:
+        from pipelines.embed.dispatch import load_embedder
+
+        return load_embedder(settings, name)
+
+    return factory
+
+
+def create_app(
+    settings: Settings,
+    *,
+    manager: ModelManager,
+    embedder_factory: EmbedderFactory | None = None,
+    preload_default: bool = False,
+) -> FastAPI:
+    """A new app serving `manager`'s models and the registry's embedding models."""
+    pool = EmbedderPool(
+        embedder_factory or _default_embedder_factory(settings),
+        batch_tokens=settings.serve.embedding_batch_tokens,
+        batch_size=settings.embedding.batch_size,
+    )
+    metrics = Metrics(manager.stats)
+    service = RagService(settings)
+    ctx = ServingContext(
+        settings=settings, manager=manager, embedders=pool, metrics=metrics, rag=service
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager.start()
+        if preload_default and manager.default_model:
+            manager.load_in_background(manager.default_model)
+        # The server owns the embedded vector store while it runs (one writer per store).
+        await anyio.to_thread.run_sync(service.open)
+        try:
+            yield
+        finally:
+            await wait_closed(service)
+            await manager.close()
+            pool.close()
+
+    app = FastAPI(
+        title="Impetus",
+        summary="OpenAI-compatible endpoint for local MLX models",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    for group in (generate, embeddings, models, health, rag):
+        app.include_router(group.router)
+    paths = route_paths(app)
+    app.add_middleware(errors.CatchAllMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serve.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: paths)
+    return app

@@ -1,0 +1,178 @@
+"""Prometheus metrics of one app: a registry per `create_app`, no process-global collectors.
+
+Request counts and latencies are recorded by `MetricsMiddleware`; the generation routes record
+TTFT, tokens per second and token counts; queue depth, batch size, prefix-cache hits and resident
+memory are read from the engines' `EngineStats` at scrape time. Every name starts with `impetus_`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.engine.base import EngineStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TPS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class _EngineCollector(Collector):
+    """Engine gauges and counters, read from `EngineStats` on each scrape."""
+
+    def __init__(self, stats: Callable[[], Iterable[EngineStats]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = list(self._stats())
+        gauges = {
+            "queue_depth": ("Requests waiting for a decode slot", "queue_depth"),
+            "queue_limit": ("Requests that may wait before 503", "queue_limit"),
+            "batch_size": ("Sequences in the running decode batch", "batch_size"),
+            "prefix_cache_bytes": ("Bytes held by the prompt-prefix cache", "prefix_cache_bytes"),
+            "model_memory_bytes": ("Resident bytes of a loaded model", "memory_bytes"),
+        }
+        for metric, (doc, attr) in gauges.items():
+            g = GaugeMetricFamily(f"impetus_{metric}", doc, labels=["model"])
+            for s in stats:
+                g.add_metric([s.model], float(getattr(s, attr)))
+            yield g
+        counters = {
+            "engine_requests": ("Sequences the engine accepted", "requests_total"),
+            "engine_prompt_tokens": ("Prompt tokens the engine processed", "prompt_tokens_total"),
+            "engine_generation_tokens": ("Tokens the engine generated", "generation_tokens_total"),
+            "prefix_cache_hits": ("Prompts that reused a cached prefix", "prefix_cache_hits"),
+            "prefix_cache_misses": ("Prompts with no cached prefix", "prefix_cache_misses"),
+        }
+        for metric, (doc, attr) in counters.items():
+            c = CounterMetricFamily(f"impetus_{metric}", doc, labels=["model"])
+            for s in stats:
+                c.add_metric([s.model], float(getattr(s, attr)))
+            yield c
+        loaded = GaugeMetricFamily("impetus_models_loaded", "LLMs resident in memory")
+        loaded.add_metric([], float(len(stats)))
+        yield loaded
+
+
+class Metrics:
+    """The collectors of one app."""
+
+    def __init__(self, engine_stats: Callable[[], Iterable[EngineStats]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "impetus_http_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "impetus_http_request_duration_seconds",
+            "Time to the last byte of a response, streams included",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "impetus_time_to_first_token_seconds",
+            "Time from request to the first generated token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "impetus_generation_tokens_per_second",
+            "Decode speed of one sequence after its first token",
+            ["model"],
+            buckets=_TPS_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "impetus_prompt_tokens", "Prompt tokens of served requests", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "impetus_completion_tokens", "Tokens generated for clients", ["model"], registry=r
+        )
+        self.generation_errors = Counter(
+            "impetus_generation_errors",
+            "Generations that failed, by error code",
+            ["model", "code"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "impetus_client_disconnects",
+            "Streams cancelled because the client went away",
+            ["model"],
+            registry=r,
+        )
+        self.embedding_inputs = Counter(
+            "impetus_embedding_inputs", "Texts embedded", ["model"], registry=r
+        )
+        self.embedding_tokens = Counter(
+            "impetus_embedding_tokens", "Tokens embedded", ["model"], registry=r
+        )
+        r.register(_EngineCollector(engine_stats))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def record_sequence(
+        self, model: str, started: float, first_token: float | None, done: float, tokens: int
+    ) -> None:
+        """TTFT and decode speed of one finished sequence (perf_counter timestamps)."""
+        if first_token is None:
+            return
+        self.ttft.labels(model).observe(first_token - started)
+        if tokens > 1 and done > first_token:
+            self.tokens_per_second.labels(model).observe((tokens - 1) / (done - first_token))
+
+
+class MetricsMiddleware:
+    """Counts requests and times them to the last byte (a pure ASGI middleware: streams pass)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], set[str]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        # Label by known route only, so that scanners cannot blow up the label space.
+        route = path if path in self._routes() else "other"
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def route_paths(app: Any) -> set[str]:
+    """The paths of an app's routes, included routers too (for `MetricsMiddleware`)."""
+
+    def walk(routes: Iterable[Any], prefix: str) -> Iterator[str]:
+        for route in routes:
+            if hasattr(route, "path"):
+                yield prefix + route.path
+            inner = getattr(route, "original_router", None)  # FastAPI's included routers
+            if inner is not None:
+                ctx = getattr(route, "include_context", None)
+                yield from walk(inner.routes, prefix + getattr(ctx, "prefix", ""))
+
+    return set(walk(app.routes, ""))

@@ -1,0 +1,86 @@
+"""Operations: /api/health/live | ready | status, /api/hardware/info and /api/metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from serving.http.deps import ServingContext, get_ctx
+from serving.http.errors import APIError
+from serving.http.metrics import CONTENT_TYPE
+
+router = APIRouter()
+
+
+@router.get("/api/health/live")
+async def live() -> JSONResponse:
+    """200 whenever the process answers."""
+    return JSONResponse({"status": "live"})
+
+
+@router.get("/api/health/ready")
+async def ready(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+    """200 once the default model is loaded; 503 model_not_loaded before."""
+    default = ctx.manager.default_model
+    if default is not None and not ctx.manager.is_loaded(default):
+        state = ctx.manager.load_states.get(default)
+        detail = f" (loading failed: {state.error})" if state and state.error else ""
+        raise APIError(
+            "model_not_loaded",
+            f"The default model {default!r} is not loaded yet{detail}.",
+            headers={"Retry-After": "1"},
+        )
+    return JSONResponse({"status": "ready", "model": default})
+
+
+@router.get("/api/health/status")
+async def status(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+    """Loaded models with their engine stats and queues, background loads, memory, uptime."""
+    m = ctx.manager
+    models = m.status()
+    return JSONResponse(
+        {
+            "status": "ready"
+            if m.default_model is None or m.is_loaded(m.default_model)
+            else "starting",
+            "default_model": m.default_model,
+            "uptime_s": round(time.time() - ctx.started_at, 1),
+            "models": models,
+            "loading": [s.__dict__ for s in m.load_states.values() if s.state != "loaded"],
+            "embedders": ctx.embedders.loaded(),
+            "queue": {
+                "depth": sum(x["engine"]["queue_depth"] for x in models),
+                "limit": sum(x["engine"]["queue_limit"] for x in models),
+                "running": sum(x["engine"]["batch_size"] for x in models),
+            },
+            "memory": {
+                "in_use_bytes": m.memory_in_use(),
+                "budget_bytes": m.memory_budget_bytes,
+            },
+        }
+    )
+
+
+@router.get("/api/hardware/info")
+async def hardware_info(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+    """`pipelines.hardware.detect()` plus the embedding backend in use."""
+    from pipelines.hardware import detect
+
+    info = (await asyncio.to_thread(detect)).to_dict()  # first call imports mlx
+    configured = ctx.settings.embedding.backend
+    backend = configured if configured != "auto" else ("coreml" if info["coreml_usable"] else "mlx")
+    info["embedding"] = {
+        "model": ctx.settings.models.embedding,
+        "backend": backend,
+        "configured_backend": configured,
+    }
+    return JSONResponse(info)
+
+
+@router.get("/api/metrics")
+async def metrics(ctx: ServingContext = Depends(get_ctx)) -> Response:
+    """Prometheus text exposition."""
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,69 @@
+"""GET /v1/models (the registry, loaded or not) and POST /api/models/load | unload."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from pipelines.models.store import ModelEntry
+from serving.http.deps import ServingContext, get_ctx
+from serving.http.openai.schemas import ModelCard, ModelList, ModelRequest
+
+router = APIRouter()
+
+
+def _card(ctx: ServingContext, e: ModelEntry) -> ModelCard:
+    loaded = ctx.manager.is_loaded(e.name) or e.name in ctx.embedders.loaded()
+    return ModelCard(id=e.name, kind=e.kind, status=e.status, loaded=loaded)
+
+
+@router.get("/v1/models")
+async def list_models(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+    cards = [_card(ctx, e) for e in ctx.manager.entries()]
+    return JSONResponse(ModelList(data=cards).model_dump(mode="json"))
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+    return JSONResponse(_card(ctx, ctx.manager.entry(model_id)).model_dump(mode="json"))
+
+
+@router.post("/api/models/load")
+async def load_model(body: ModelRequest, ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+    """Load a registry model (LLM into the manager, embedding model into the pool)."""
+    entry = ctx.manager.entry(body.model)  # 404 for a name outside the registry
+    started = time.perf_counter()
+    if entry.kind == "embedding":
+        await ctx.embedders.get(entry.name)
+    else:
+        await ctx.manager.load(entry.name)
+    return JSONResponse(
+        {
+            "model": entry.name,
+            "kind": entry.kind,
+            "status": "loaded",
+            "seconds": round(time.perf_counter() - started, 3),
+            "memory_in_use_bytes": ctx.manager.memory_in_use(),
+            "memory_budget_bytes": ctx.manager.memory_budget_bytes,
+        }
+    )
+
+
+@router.post("/api/models/unload")
+async def unload_model(body: ModelRequest, ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+    """Unload a model; unloading one that is not loaded is not an error."""
+    entry = ctx.manager.entry(body.model)
+    if entry.kind == "embedding":
+        was_loaded = ctx.embedders.unload(entry.name)
+    else:
+        was_loaded = await ctx.manager.unload(entry.name)
+    return JSONResponse(
+        {
+            "model": entry.name,
+            "kind": entry.kind,
+            "status": "unloaded" if was_loaded else "not_loaded",
+            "memory_in_use_bytes": ctx.manager.memory_in_use(),
+        }
+    )
