@@ -2,21 +2,25 @@
 
 `BertFolder.read(path)` validates the folder and returns its settings (pooling modes, Normalize,
 max_seq_length, lower-casing); `BertTokenizer` is the tokenizer handling both backends share:
-truncation to `max_seq_length`, untruncated counts for chunkers, and decode. Neither imports MLX or
-Core ML, so the Core ML converter and embedder use them without loading MLX.
+truncation to `max_seq_length`, untruncated counts for chunkers, and decode; `BertEmbedderBase` is
+the `Embedder` side both share (tokenizer methods, input checks, the truncation warning), so a
+backend only writes how a batch of encodings becomes vectors. None of them imports MLX or Core ML,
+so the Core ML converter and embedder use them without loading MLX.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from pipelines.embed.base import EmbedderLoadError
+from pipelines.embed.base import EmbedderLoadError, Embedding
 
 # HF `hidden_act` values the embedders implement ("gelu" is the exact erf form).
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -158,3 +162,51 @@ class BertTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._full.decode(list(ids), skip_special_tokens=True)
+
+
+class BertEmbedderBase:
+    """What both BERT embedders share; subclasses set `name`, `dim`, `max_seq_length` and
+    `_tokenizer`, and implement `_encode_into`."""
+
+    name: str
+    dim: int
+    max_seq_length: int
+    _tokenizer: BertTokenizer
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self._tokenizer.count_tokens(texts)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tokenizer.tokenize(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(ids)
+
+    def _encode_into(self, vectors: np.ndarray, encodings: list[Encoding], batch_size: int) -> None:
+        """Fill `vectors` (one row per encoding, in order) with the embeddings."""
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> Embedding:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of texts, not one string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return Embedding(vectors=vectors, token_counts=[], truncated=[])
+        encodings = self._tokenizer.encode_truncated(texts)
+        truncated = [bool(e.overflowing) for e in encodings]
+        self._encode_into(vectors, encodings, batch_size)
+        if n_truncated := sum(truncated):
+            logging.getLogger(type(self).__module__).warning(
+                "%s: %d of %d texts exceeded %d tokens and were truncated",
+                self.name,
+                n_truncated,
+                len(texts),
+                self.max_seq_length,
+            )
+        return Embedding(
+            vectors=vectors,
+            token_counts=[len(e.ids) for e in encodings],
+            truncated=truncated,
+        )

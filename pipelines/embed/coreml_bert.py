@@ -41,12 +41,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.embed.base import Backend, EmbedderLoadError, Embedding
-from pipelines.embed.bert_folder import BertFolder, BertTokenizer
+from pipelines.embed.base import Backend, EmbedderLoadError
+from pipelines.embed.bert_folder import BertEmbedderBase, BertFolder, BertTokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +322,7 @@ def coreml_runtime_error() -> str | None:
     return None
 
 
-class CoreMLBertEmbedder:
+class CoreMLBertEmbedder(BertEmbedderBase):
     """`Embedder` for sentence-transformers BERT folders, run by Core ML (ANE, GPU or CPU)."""
 
     backend: Backend = "coreml"
@@ -399,17 +402,6 @@ class CoreMLBertEmbedder:
             package_dir=packages.path,
         )
 
-    # -- tokenizer ---------------------------------------------------------------------------
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self._tokenizer.count_tokens(texts)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self._tokenizer.tokenize(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(ids)
-
     # -- model -------------------------------------------------------------------------------
 
     def bucket_for(self, n_tokens: int) -> int:
@@ -424,16 +416,7 @@ class CoreMLBertEmbedder:
         mask[0, :n] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> Embedding:
-        if isinstance(texts, str):
-            raise TypeError("encode() takes a sequence of texts, not one string")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return Embedding(vectors=vectors, token_counts=[], truncated=[])
-        encodings = self._tokenizer.encode_truncated(texts)
-        truncated = [bool(e.overflowing) for e in encodings]
+    def _encode_into(self, vectors: np.ndarray, encodings: list[Encoding], batch_size: int) -> None:
         by_bucket: dict[int, list[int]] = {}
         for i, e in enumerate(encodings):
             by_bucket.setdefault(self.bucket_for(len(e.ids)), []).append(i)
@@ -448,16 +431,3 @@ class CoreMLBertEmbedder:
         if self.normalize:
             # The package normalises in float16; renormalising in float32 makes norms exactly 1.
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        if n_truncated := sum(truncated):
-            logger.warning(
-                "%s: %d of %d texts exceeded %d tokens and were truncated",
-                self.name,
-                n_truncated,
-                len(texts),
-                self.max_seq_length,
-            )
-        return Embedding(
-            vectors=vectors,
-            token_counts=[len(e.ids) for e in encodings],
-            truncated=truncated,
-        )

@@ -15,7 +15,6 @@ OpenBLAS (see DESIGN.md) for about 25x the throughput.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
@@ -27,10 +26,9 @@ import mlx.nn as nn
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from pipelines.embed.base import Backend, EmbedderLoadError, Embedding
-from pipelines.embed.bert_folder import BertFolder, BertTokenizer
+from pipelines.embed.base import Backend, EmbedderLoadError
+from pipelines.embed.bert_folder import BertEmbedderBase, BertFolder, BertTokenizer
 
-logger = logging.getLogger(__name__)
 
 BUNDLED_MINILM_NAME = "all-MiniLM-L6-v2"
 
@@ -230,7 +228,7 @@ def _load_weights(model: BertModel, path: Path) -> None:
 # --- the embedder ---------------------------------------------------------------------------
 
 
-class MLXBertEmbedder:
+class MLXBertEmbedder(BertEmbedderBase):
     """`Embedder` for sentence-transformers BERT folders, run by MLX in float32."""
 
     backend: Backend = "mlx"
@@ -274,17 +272,6 @@ class MLXBertEmbedder:
             do_lower_case=folder.do_lower_case,
         )
 
-    # -- tokenizer ---------------------------------------------------------------------------
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self._tokenizer.count_tokens(texts)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self._tokenizer.tokenize(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(ids)
-
     # -- model -------------------------------------------------------------------------------
 
     def _embed(self, input_ids: mx.array, type_ids: mx.array, mask: mx.array) -> mx.array:
@@ -309,31 +296,9 @@ class MLXBertEmbedder:
         mx.eval(out)
         return np.array(out, dtype=np.float32)
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> Embedding:
-        if isinstance(texts, str):
-            raise TypeError("encode() takes a sequence of texts, not one string")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return Embedding(vectors=vectors, token_counts=[], truncated=[])
-        encodings = self._tokenizer.encode_truncated(texts)
-        truncated = [bool(e.overflowing) for e in encodings]
+    def _encode_into(self, vectors: np.ndarray, encodings: list[Encoding], batch_size: int) -> None:
         # Longest first, so each batch pads to a similar length; results go back by index.
-        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             vectors[idx] = self._run_batch([encodings[i] for i in idx])
-        if n_truncated := sum(truncated):
-            logger.warning(
-                "%s: %d of %d texts exceeded %d tokens and were truncated",
-                self.name,
-                n_truncated,
-                len(texts),
-                self.max_seq_length,
-            )
-        return Embedding(
-            vectors=vectors,
-            token_counts=[len(e.ids) for e in encodings],
-            truncated=truncated,
-        )
