@@ -29,7 +29,6 @@ from tokenizers import Encoding, Tokenizer
 from pipelines.embed.base import Backend, EmbedderLoadError
 from pipelines.embed.bert_folder import BertEmbedderBase, BertFolder, BertTokenizer
 
-
 BUNDLED_MINILM_NAME = "all-MiniLM-L6-v2"
 
 # Keys match bert_folder.SUPPORTED_ACTIVATIONS, which BertFolder.read checks.
