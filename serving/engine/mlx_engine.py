@@ -9,13 +9,19 @@ Seams, one sentence each:
   `loop.call_soon_threadsafe`, one call per event loop per decode step.
 - New sequences join the running batch between decode steps (mlx-lm interleaves one prefill
   chunk per step); each carries its sampler (a seeded one has its own PRNG key; unseeded ones
-  with equal parameters share one, so that the batch samples in one call: engine_sampling.py),
-  its own logits processors, and its own stop strings (engine_stops.py). An idle engine admits
+  with equal parameters share one, so that the batch samples in one call: sampling.py),
+  its own logits processors, and its own stop strings (stops.py). An idle engine admits
   a burst of requests together, so that they are prefilled as one batch.
 - Finished sequences leave their KV cache in a prompt-prefix cache (mlx-lm's `LRUPromptCache`)
   capped in bytes; a later prompt that shares a prefix starts from a copy of it.
 
-Measure it against raw `mlx_lm.generate` with `python -m serving.engine_bench`.
+- The engine reads no wire format: it applies the chat template to a request's `messages` (with
+  its `tools` as the template's argument), or tokenizes `prompt`, or takes `prompt_ids`, and
+  compiles its `Constraint` into a matcher (grammar.py); `capabilities()` tells whoever
+  translates requests whether the template renders tools.
+
+Measure it against raw `mlx_lm.stream_generate` with `impetus bench serving`
+(flows/bench/serving.py).
 """
 
 from __future__ import annotations
