@@ -1,6 +1,10 @@
-"""The engine protocol: generation requests in, an async stream of deltas out, plain Python values.
+"""The engine protocol: typed generation requests in, an async stream of deltas out.
 
-This is the seam between HTTP and MLX. The FastAPI routes (serving/http/app.py) and the Ray Serve
+This is the seam between HTTP and MLX. A request is what the engine needs and nothing of a wire
+format: the messages (chat-template dicts) or the prompt text or token ids, the chat template's
+`tools` argument, an output constraint (a grammar), sampling and stop strings. Translating
+OpenAI's (or any other API's) request into it happens on the HTTP side (serving/http/openai/
+translate.py), once per request. The FastAPI routes (serving/http/app.py) and the Ray Serve
 deployments code against `Engine`; `serving/engine/mlx_engine.py` implements it with one thread that alone
 touches MLX. The engine knows nothing of HTTP: it raises the domain errors below, and the app maps
 them to OpenAI-shaped responses in one handler. Tests use the real MLX engine on the bundled model,
@@ -37,20 +41,49 @@ class SamplingParams:
     top_logprobs: int = 0  # 0..20
 
 
+ConstraintKind = Literal["json_object", "json_schema", "tool_calls", "tool_calls_or_json"]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a sequence's output must match: an llguidance grammar in its serialized form (what
+    `LLMatcher.grammar_from_json_schema` or `grammar_from_lark` return). The engine compiles it
+    against its tokenizer; `param` names the request field it came from, for the error that a
+    grammar llguidance cannot enforce gives."""
+
+    grammar: str
+    kind: ConstraintKind
+    param: str
+
+
 @dataclass
 class GenerationRequest:
-    """One sequence to generate. Exactly one of `prompt` and `messages` is set.
+    """One sequence to generate. Exactly one of `prompt`, `prompt_ids` and `messages` is set.
 
-    `messages` are OpenAI chat messages (dicts); the engine applies the model's chat template.
-    `extra` carries options later features add (tools, response_format) without changing the
-    signature.
+    `messages` are chat-template messages (dicts with `role` and string `content`, plus what the
+    template reads, such as `tool_calls`); the engine applies the model's chat template to them,
+    with `tools` (function definitions in the template's shape) as its `tools` argument when set.
+    `prompt` is text the engine tokenizes, `prompt_ids` tokens it takes as they are. Stop strings
+    are `params.stop`.
     """
 
     request_id: str
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
-    extra: dict[str, Any] = field(default_factory=dict)
+    prompt_ids: list[int] | None = None
+    tools: list[dict[str, Any]] | None = None  # the chat template's `tools=` argument
+    constraint: Constraint | None = None  # None: free text
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What a loaded model's chat template can do, for whoever translates requests for it."""
+
+    native_tools: bool = False  # the chat template renders the `tools` it is given
+    # A template without native tools may get the tools as a prompt in the messages instead
+    # (the engine's configuration); False: such requests are refused.
+    tool_prompt_fallback: bool = True
 
 
 @dataclass
@@ -104,8 +137,10 @@ class QueueFullError(EngineError):
         self.retry_after = retry_after
 
 
-class InvalidRequestError(EngineError):
-    """The request cannot be served as asked, e.g. a prompt longer than the context (400)."""
+class InvalidRequestError(ImpetusError):
+    """The request cannot be served as asked (400): a bad tool or response_format, a prompt longer
+    than the context. Not an engine failure: the translation layer raises it before a request
+    reaches the engine, and the engine for what only it can check (context, grammar, template)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -129,6 +164,10 @@ class Engine(Protocol):
 
     def count_tokens(self, request: GenerationRequest) -> int:
         """Prompt tokens the request would use (template applied)."""
+        ...
+
+    def capabilities(self) -> EngineCapabilities:
+        """What the model's chat template renders (for translating requests before `generate`)."""
         ...
 
     def stats(self) -> EngineStats: ...

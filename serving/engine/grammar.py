@@ -14,7 +14,8 @@ GIL), and turns it into one boolean MLX mask that each row's sampler slices. A m
 finished (or failed) allows only end-of-sequence, which stops the sequence.
 
 The log-probabilities a constrained sequence reports (logprobs=true) are the model's, before the
-mask.
+mask. `compile_matcher` turns a request's `Constraint` (serving/engine/base.py) into the matcher,
+at request time, so that a grammar llguidance cannot enforce is a 400 before anything is queued.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+
+from serving.engine.base import Constraint, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +148,22 @@ def constrain(
     """The processor (append it last) and sampler of a constrained sequence."""
     proc = GrammarProcessor(matcher, n_vocab, prompt_len, step)
     return proc, GrammarSampler(proc, step, sampler)
+
+
+def compile_matcher(constraint: Constraint, tokenizer: Any) -> Any:
+    """An `llguidance.LLMatcher` for the constraint on llguidance's view of the tokenizer;
+    InvalidRequestError naming what llguidance could not compile (an unsupported keyword, a bad
+    regex) otherwise."""
+    import llguidance
+
+    matcher = llguidance.LLMatcher(tokenizer, constraint.grammar, log_level=0)
+    if matcher.is_error():
+        what = (
+            "the tool parameters" if constraint.param == "tools" else "the response_format schema"
+        )
+        raise InvalidRequestError(
+            f"Impetus cannot enforce {what}: {matcher.get_error().strip()}. Remove or rewrite "
+            "that part of the schema.",
+            param=constraint.param,
+        )
+    return matcher

@@ -9,13 +9,19 @@ Seams, one sentence each:
   `loop.call_soon_threadsafe`, one call per event loop per decode step.
 - New sequences join the running batch between decode steps (mlx-lm interleaves one prefill
   chunk per step); each carries its sampler (a seeded one has its own PRNG key; unseeded ones
-  with equal parameters share one, so that the batch samples in one call: engine_sampling.py),
-  its own logits processors, and its own stop strings (engine_stops.py). An idle engine admits
+  with equal parameters share one, so that the batch samples in one call: sampling.py),
+  its own logits processors, and its own stop strings (stops.py). An idle engine admits
   a burst of requests together, so that they are prefilled as one batch.
 - Finished sequences leave their KV cache in a prompt-prefix cache (mlx-lm's `LRUPromptCache`)
   capped in bytes; a later prompt that shares a prefix starts from a copy of it.
 
-Measure it against raw `mlx_lm.generate` with `python -m serving.engine_bench`.
+- The engine reads no wire format: it applies the chat template to a request's `messages` (with
+  its `tools` as the template's argument), or tokenizes `prompt`, or takes `prompt_ids`, and
+  compiles its `Constraint` into a matcher (grammar.py); `capabilities()` tells whoever
+  translates requests whether the template renders tools.
+
+Measure it against raw `mlx_lm.stream_generate` with `impetus bench serving`
+(flows/bench/serving.py).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +41,7 @@ from typing import Any
 
 from serving.engine.base import (
     Delta,
+    EngineCapabilities,
     EngineClosedError,
     EngineError,
     EngineStats,
@@ -68,8 +76,8 @@ class MLXEngineConfig:
     # MLX's CPU backend computes float16 about 100x slower than float32, and its quantized matmul
     # does not use BLAS: on the CPU, dequantize to float32 (OpenBLAS GEMMs); Metal keeps 4-bit.
     cpu_float32: bool = True
-    # A chat template without tool support gets Impetus's tool prompt (serving/services/tools.py); False
-    # turns such requests away with a 400 instead.
+    # A chat template without tool support gets the tools as a prompt in the messages (the HTTP
+    # side writes it: `capabilities()` says so); False turns such requests away with a 400 instead.
     tool_prompt_fallback: bool = True
 
 
@@ -91,6 +99,11 @@ def load_model(path: Path, *, cpu_float32: bool = True) -> tuple[Any, Any]:
     from pipelines.models.loading import load_llm
 
     return load_llm(path, "auto" if cpu_float32 else "native")
+
+
+def chat_template_renders_tools(chat_template: str | None) -> bool:
+    """Whether a chat template renders the `tools` it is given (it mentions them at all)."""
+    return bool(chat_template) and re.search(r"\btools\b", chat_template or "") is not None
 
 
 def _put_all(
@@ -185,6 +198,14 @@ class MLXEngine:
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._encode(request))
 
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(
+            native_tools=chat_template_renders_tools(
+                getattr(self._tokenizer, "chat_template", None)
+            ),
+            tool_prompt_fallback=self.config.tool_prompt_fallback,
+        )
+
     def stats(self) -> EngineStats:
         c = self._counters
         running = c.running
@@ -259,21 +280,33 @@ class MLXEngine:
         )
 
     def _encode(self, request: GenerationRequest) -> list[int]:
-        if (request.prompt is None) == (request.messages is None):
-            raise InvalidRequestError("Give exactly one of prompt and messages.", param="messages")
-        tok = self._tokenizer
-        if request.messages is None and request.extra.get("tools") is not None:
+        given = [request.prompt, request.prompt_ids, request.messages]
+        if sum(x is not None for x in given) != 1:
             raise InvalidRequestError(
-                "tools are for /v1/chat/completions (they need the chat template).", param="tools"
+                "Give exactly one of prompt, prompt_ids and messages.", param="messages"
             )
+        if request.messages is None and request.tools is not None:
+            raise InvalidRequestError(
+                "tools need messages (the chat template renders them).", param="tools"
+            )
+        if request.prompt_ids is not None:
+            ids: Any = request.prompt_ids
+        else:
+            ids = self._tokenize(request)
+        if not ids:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        return [int(t) for t in ids]
+
+    def _tokenize(self, request: GenerationRequest) -> Any:
+        tok = self._tokenizer
         with self._tok_lock:
             if request.messages is not None:
                 if not request.messages:
                     raise InvalidRequestError("messages must not be empty.", param="messages")
-                messages, template_args = self._with_tools(request)
+                template_args = {"tools": request.tools} if request.tools is not None else {}
                 try:
                     ids: Any = tok.apply_chat_template(
-                        messages, add_generation_prompt=True, **template_args
+                        request.messages, add_generation_prompt=True, **template_args
                     )
                 except Exception as exc:
                     raise InvalidRequestError(
@@ -281,48 +314,18 @@ class MLXEngine:
                     ) from exc
                 if not isinstance(ids, list):  # a BatchEncoding in some transformers versions
                     ids = list(ids["input_ids"])
-            else:
-                text = request.prompt or ""
-                bos = tok.bos_token
-                ids = tok.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
-        if not ids:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        return [int(t) for t in ids]
-
-    def _with_tools(
-        self, request: GenerationRequest
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The messages and template arguments that render the request's tools (serving/services/tools.py)."""
-        from serving.services import tools
-
-        assert request.messages is not None
-        plan = tools.plan(request.extra)
-        has_tool_turns = any(
-            m.get("role") == "tool" or m.get("tool_calls") for m in request.messages
-        )
-        if plan is None and not has_tool_turns:
-            return request.messages, {}
-        if tools.template_supports_tools(getattr(self._tokenizer, "chat_template", None)):
-            return request.messages, ({"tools": tools.native_tools(plan)} if plan else {})
-        if not self.config.tool_prompt_fallback:
-            raise InvalidRequestError(
-                f"Model {self.model_name!r} has a chat template without tool support; use a model "
-                "whose template renders tools, or drop tools and tool_choice.",
-                param="tools",
-            )
-        return tools.fallback_messages(request.messages, plan), {}
+                return ids
+            text = request.prompt or ""
+            bos = tok.bos_token
+            return tok.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
 
     def _matcher(self, request: GenerationRequest) -> Any:
-        """The request's grammar matcher (serving/services/structured.py), or None for free text."""
-        from serving.services import structured, tools
-
-        extra = request.extra
-        if extra.get("response_format") is None and extra.get("tools") is None:
-            return None
-        chat = request.messages is not None
-        constraint = structured.from_request(extra, tools.plan(extra) if chat else None, chat=chat)
+        """The request's grammar matcher (serving/engine/grammar.py), or None for free text."""
+        constraint = request.constraint
         if constraint is None:
             return None
+        from serving.engine.grammar import compile_matcher
+
         with self._tok_lock:
             if self._ll_tokenizer is None:
                 import llguidance.hf
@@ -337,7 +340,7 @@ class MLXEngine:
                         f"calls: {exc}.",
                         param=constraint.param,
                     ) from exc
-        return structured.compile_matcher(constraint, self._ll_tokenizer)
+        return compile_matcher(constraint, self._ll_tokenizer)
 
     # -- the engine thread: the only place that touches MLX ---------------------------------------
 

@@ -1,8 +1,9 @@
 """Domain errors → OpenAI-shaped HTTP errors, in one place.
 
 Every error body is `{"error": {"message", "type", "param", "code"}}` with the codes of DESIGN.md
-(lower case). Routes raise domain errors (from `pipelines`, `serving.engine.base`,
-`serving.engine.manager`) or `APIError`; `install(app)` registers the handlers that turn them into
+(lower case), plus `queue_full` (503: the engine's bounded queue is full). Routes raise domain
+errors (from `pipelines`, `serving.engine.base`, `serving.engine.manager`; request validation is
+`InvalidRequestError`, engine failures `EngineError`) or `APIError`; `install(app)` registers the handlers that turn them into
 responses. Anything unexpected is logged with its traceback here and answered with a generic
 `inference_error` body: a traceback never reaches a client.
 """
@@ -36,6 +37,7 @@ CODES: dict[str, tuple[int, str]] = {
     "auth_required": (401, "authentication_error"),
     "model_not_found": (404, "invalid_request_error"),
     "rate_limited": (429, "rate_limit_error"),
+    "queue_full": (503, "server_error"),
     "inference_error": (500, "server_error"),
     "embedding_error": (500, "server_error"),
     "rag_index_error": (500, "server_error"),
@@ -84,11 +86,11 @@ class EmbeddingError(Exception):
 
 
 def queue_full(retry_after: float, message: str) -> APIError:
-    """503 with Retry-After: the engine's bounded queue is full (backpressure, not a quota)."""
+    """503 with Retry-After: the engine's bounded queue is full (backpressure, not a quota, so
+    not `rate_limited`, which is 429's)."""
     return APIError(
-        "rate_limited",
+        "queue_full",
         message,
-        status=503,
         headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
 
@@ -232,7 +234,13 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for domain in (ModelStoreError, EngineError, EmbedderLoadError, EmbeddingError):
+    for domain in (
+        ModelStoreError,
+        EngineError,
+        InvalidRequestError,
+        EmbedderLoadError,
+        EmbeddingError,
+    ):
         app.add_exception_handler(domain, on_domain)
     from serving.engine.manager import ModelManagerError
 

@@ -33,7 +33,14 @@ from ray.serve.handle import DeploymentHandle
 
 from pipelines.errors import ImpetusError
 from pipelines.settings import PROJECT_ROOT, Settings, load_settings
-from serving.engine.base import Delta, Engine, EngineClosedError, EngineStats, GenerationRequest
+from serving.engine.base import (
+    Delta,
+    Engine,
+    EngineCapabilities,
+    EngineClosedError,
+    EngineStats,
+    GenerationRequest,
+)
 from serving.ray.proxies import RayEmbedderProxy, RayEngineProxy, RemoteError, coalesce
 
 if TYPE_CHECKING:
@@ -207,6 +214,9 @@ class LLMServer:
     async def count_tokens(self, request: GenerationRequest) -> int:
         return (await self._ensure()).count_tokens(request)
 
+    async def capabilities(self) -> EngineCapabilities:
+        return (await self._ensure()).capabilities()
+
     async def stats(self) -> EngineStats:
         if self._engine is None:
             return EngineStats(model=self.model)
@@ -294,7 +304,8 @@ class Ingress:
                 f"under `models:` in configs/serve.yaml (deployed: {', '.join(self._llms)})."
             )
         stats = await handle.load.remote()
-        return RayEngineProxy(name, handle, stats)
+        capabilities = await handle.capabilities.remote()
+        return RayEngineProxy(name, handle, stats, capabilities)
 
     def _embedder(self, name: str) -> Embedder:
         if self._embedding is None:

@@ -28,6 +28,7 @@ from pipelines.embed.base import Backend, Embedding
 from pipelines.errors import ImpetusError
 from serving.engine.base import (
     Delta,
+    EngineCapabilities,
     EngineClosedError,
     EngineError,
     EngineStats,
@@ -153,9 +154,17 @@ def call_sync(fn: Callable[[], T]) -> T:
 class RayEngineProxy:
     """`serving.engine.base.Engine` over an LLM deployment's handle (see serving/ray/deployments.py)."""
 
-    def __init__(self, model_name: str, handle: Any, stats: EngineStats | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        handle: Any,
+        stats: EngineStats | None = None,
+        capabilities: EngineCapabilities | None = None,
+    ) -> None:
         self.model_name = model_name
         self._handle = handle
+        # Fetched once, when the ingress loads the model: the replica's template does not change.
+        self._capabilities = capabilities or EngineCapabilities()
         self._stream = handle.options(stream=True)
         self._stats = stats or EngineStats(model=model_name)
         self._stats_at = time.monotonic() if stats is not None else -float("inf")
@@ -190,6 +199,9 @@ class RayEngineProxy:
             return int(call_sync(lambda: self._handle.count_tokens.remote(request).result()))
         except Exception as exc:
             raise as_domain_error(exc, "count_tokens") from None
+
+    def capabilities(self) -> EngineCapabilities:
+        return self._capabilities
 
     def stats(self) -> EngineStats:
         """The last stats fetched from the replica, refreshed in the background when stale."""

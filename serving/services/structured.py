@@ -1,8 +1,10 @@
 """Structured outputs: a request's `response_format` and forced tool calls → one llguidance grammar.
 
-The engine enforces the grammar while decoding (serving/engine/grammar.py); this module only
-decides what the grammar is and checks that llguidance can compile it, at request time, so that
-a schema it cannot enforce is a 400 naming the unsupported feature before anything is queued.
+The engine compiles and enforces the grammar while decoding (serving/engine/grammar.py); this
+module only decides what the grammar is, as the engine's `Constraint`, once per request (the
+OpenAI translation, serving/http/openai/translate.py, calls it). The engine compiles it at request
+time, so that a schema llguidance cannot enforce is a 400 naming the unsupported feature before
+anything is queued.
 
 - `{"type": "json_object"}`: any JSON object.
 - `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`: that schema, enforced
@@ -16,7 +18,7 @@ JSON is generated without optional whitespace: a small model given the freedom o
 `[ \\t\\n]*` tends to spend its token budget on it.
 
 Why llguidance (measured on this 2-core x86 CPU with SmolLM2's 49k-token tokenizer, for the same
-schema and document; `python -m serving.services.structured` reruns ours): a per-token mask in ~36 us mean
+schema and document): a per-token mask in ~36 us mean
 (outlines-core 0.2: ~48 us) and a schema compiled in ~1.4 ms (outlines-core builds its index in
 ~350 ms per schema, so it needs a compile cache); arbitrary JSON (`json_object`) and a Lark
 grammar with inline `%json` schemas (the tool-call syntax around the arguments) in one format,
@@ -27,25 +29,13 @@ which outlines-core's regexes cannot express; GIL released while computing masks
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from serving.engine.base import InvalidRequestError
+from serving.engine.base import Constraint, ConstraintKind, InvalidRequestError
 from serving.services.tools import CLOSE, OPEN, ToolPlan
-
-Kind = Literal["json_object", "json_schema", "tool_calls", "tool_calls_or_json"]
 
 # No optional whitespace; the separators are JSON's compact ones plus a space OpenAI-like.
 _JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """What a sequence's output must match: an llguidance grammar (its JSON form)."""
-
-    grammar: str
-    kind: Kind
-    param: str  # the request field it came from, for error messages
 
 
 def from_request(
@@ -59,7 +49,7 @@ def from_request(
         return Constraint(_lark_grammar(_tool_calls_rule(tool_plan), None), "tool_calls", "tools")
     if schema is None:
         return None
-    kind: Kind = "json_object" if schema == {"type": "object"} else "json_schema"
+    kind: ConstraintKind = "json_object" if schema == {"type": "object"} else "json_schema"
     if tool_plan is not None and chat:
         lark = _lark_grammar(f"start: answer | {_tool_calls_rule(tool_plan)}", schema)
         return Constraint(lark, "tool_calls_or_json", "response_format")
@@ -135,83 +125,3 @@ def _lark_grammar(rules: str, answer_schema: dict[str, Any] | None) -> str:
     if answer_schema is not None:
         lark += f"\nanswer: %json {json.dumps({**answer_schema, 'x-guidance': _JSON_OPTIONS})}"
     return llguidance.LLMatcher.grammar_from_lark(lark)
-
-
-def compile_matcher(constraint: Constraint, tokenizer: Any) -> Any:
-    """An `llguidance.LLMatcher` for the constraint; InvalidRequestError naming what llguidance
-    could not compile (an unsupported keyword, a bad regex) otherwise."""
-    import llguidance
-
-    matcher = llguidance.LLMatcher(tokenizer, constraint.grammar, log_level=0)
-    if matcher.is_error():
-        what = (
-            "the tool parameters" if constraint.param == "tools" else "the response_format schema"
-        )
-        raise InvalidRequestError(
-            f"Impetus cannot enforce {what}: {matcher.get_error().strip()}. Remove or rewrite "
-            "that part of the schema.",
-            param=constraint.param,
-        )
-    return matcher
-
-
-def _measure() -> None:  # pragma: no cover - a measurement, run by hand
-    """Per-token mask time on the bundled model's tokenizer: `python -m serving.services.structured`."""
-    import time
-
-    import llguidance.hf
-    import llguidance.numpy as lnp
-    import numpy as np
-    from transformers import AutoTokenizer
-
-    from pipelines.settings import load_settings
-
-    path = load_settings().data_dir / "models" / "smollm2-135m-instruct"
-    hf = AutoTokenizer.from_pretrained(str(path))
-    tok = llguidance.hf.from_tokenizer(hf)  # type: ignore[arg-type]
-    schema = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "color": {"enum": ["red", "green", "blue"]},
-            "address": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
-                "required": ["city", "zip"],
-            },
-            "tags": {"type": "array", "items": {"type": "string"}},
-        },
-        "required": ["name", "color", "address", "tags"],
-        "additionalProperties": False,
-    }
-    doc = {
-        "name": "Ada Lovelace",
-        "color": "green",
-        "address": {"city": "London", "zip": "W1"},
-        "tags": ["math", "engines", "poetry"],
-    }
-    for name, fmt in [
-        ("json_object", {"type": "json_object"}),
-        ("json_schema", {"type": "json_schema", "json_schema": {"schema": schema}}),
-    ]:
-        c = from_request({"response_format": fmt}, None, chat=True)
-        assert c is not None
-        t0 = time.perf_counter()
-        m = compile_matcher(c, tok)
-        compile_ms = (time.perf_counter() - t0) * 1e3
-        bm = lnp.allocate_token_bitmask(1, tok.vocab_size)
-        times = []
-        for t in hf.encode(json.dumps(doc, separators=(",", ":"))):
-            t0 = time.perf_counter()
-            lnp.fill_next_token_bitmask(m, bm)
-            times.append(time.perf_counter() - t0)
-            m.consume_token(t)
-        us = np.array(times[1:]) * 1e6
-        print(
-            f"{name}: compile {compile_ms:.2f} ms; mask mean {us.mean():.0f} us, "
-            f"p50 {np.median(us):.0f} us, max {us.max():.0f} us over {len(us)} tokens"
-        )
-
-
-if __name__ == "__main__":
-    _measure()

@@ -7,9 +7,10 @@ Impetus speaks one tool-call syntax, the Hermes/Qwen one, which the model writes
     </tool_call>
 
 - `plan(extra)` reads `tools`, `tool_choice` and `parallel_tool_calls` of a chat request (the
-  engine and the routes both call it; it raises `InvalidRequestError` for what cannot be served).
-- A chat template that renders `tools` itself gets them (`apply_chat_template(tools=...)`). A
-  template without tool support (SmolLM2's) gets Impetus's fallback prompt (`fallback_messages`):
+  OpenAI translation, serving/http/openai/translate.py, calls it once per request; it raises
+  `InvalidRequestError` for what cannot be served).
+- A chat template that renders `tools` itself gets them (`native_tools`, the engine request's
+  `tools`). A template without tool support (SmolLM2's) gets Impetus's fallback prompt (`fallback_messages`):
   a system message listing the functions as JSON and asking for the syntax above; earlier
   assistant tool calls and tool results in the conversation are rendered in the same syntax.
 - With `tool_choice` "required" or a named function the call is constrained to that syntax and
@@ -122,11 +123,6 @@ def _function(i: int, tool: Any) -> dict[str, Any]:
     if fn.get("description"):
         out["description"] = str(fn["description"])
     return out
-
-
-def template_supports_tools(chat_template: str | None) -> bool:
-    """Whether a chat template renders the `tools` it is given (it mentions them at all)."""
-    return bool(chat_template) and re.search(r"\btools\b", chat_template or "") is not None
 
 
 def native_tools(tool_plan: ToolPlan) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from pipelines.embed.base import Backend, Embedding
 from pipelines.models.store import Kind, ModelEntry, ModelStore
 from serving.engine.base import (
     Delta,
+    EngineCapabilities,
     EngineClosedError,
     EngineError,
     EngineStats,
@@ -61,6 +62,8 @@ WORDS = [
 def prompt_text(request: GenerationRequest) -> str:
     if request.prompt is not None:
         return request.prompt
+    if request.prompt_ids is not None:
+        return " ".join(map(str, request.prompt_ids))
     return "\n".join(str(m.get("content", "")) for m in request.messages or [])
 
 
@@ -86,6 +89,7 @@ class FakeEngine:
     finished: int = 0
     requests: int = 0
     closed: bool = False
+    caps: EngineCapabilities = field(default_factory=EngineCapabilities)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if self.closed:
@@ -173,6 +177,9 @@ class FakeEngine:
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(prompt_text(request).split()) + 1
+
+    def capabilities(self) -> EngineCapabilities:
+        return self.caps
 
     def stats(self) -> EngineStats:
         return EngineStats(

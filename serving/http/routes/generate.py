@@ -1,8 +1,8 @@
 """POST /v1/chat/completions and POST /v1/completions: OpenAI requests → engine sequences → responses.
 
 A request with `n` choices (and, for completions, several prompts) becomes that many
-`GenerationRequest`s submitted to the engine at once (seeds `seed + i`); their deltas are merged
-into one stream. Streams are SSE (`data: {...}` then `data: [DONE]`); errors before the first
+`GenerationRequest`s (serving/http/openai/translate.py translates the body once) submitted to the
+engine at once (seeds `seed + i`); their deltas are merged into one stream. Streams are SSE (`data: {...}` then `data: [DONE]`); errors before the first
 delta (queue full, bad request) are plain HTTP errors, errors after it are an SSE error event then
 `[DONE]`. A client that goes away closes the engine's iterators, which frees the sequences.
 """
@@ -28,6 +28,7 @@ from starlette.background import BackgroundTask
 from serving.engine.base import Delta, Engine, EngineError, GenerationRequest, TokenLogprob
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.errors import GENERIC_MESSAGE, log_unexpected, to_api_error
+from serving.http.openai import translate
 from serving.http.openai.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -54,6 +55,10 @@ _FIRST_DELTA_GRACE_S = 1.0
 
 
 # -- the engine side: n sequences, merged ---------------------------------------------------------
+
+# The engine requests of an HTTP request, built once its model is held (they depend on what the
+# model's chat template can render: `Engine.capabilities`).
+RequestsFor = Callable[[Engine], list[GenerationRequest]]
 
 
 @dataclass
@@ -114,15 +119,14 @@ class Generation:
         self._closed = False
 
     @classmethod
-    async def start(
-        cls, ctx: ServingContext, model: str, requests: list[GenerationRequest]
-    ) -> Generation:
-        """Hold the model and submit every sequence; errors raised on submission propagate."""
+    async def start(cls, ctx: ServingContext, model: str, requests: RequestsFor) -> Generation:
+        """Hold the model, build its engine requests and submit every sequence; errors raised
+        on submission propagate."""
         stack = contextlib.AsyncExitStack()
         gen = cls(ctx, model, stack)
         try:
             engine: Engine = await stack.enter_async_context(ctx.manager.use(model))
-            for req in requests:
+            for req in requests(engine):
                 gen._iters.append(engine.generate(req))
                 gen.seqs.append(_Seq())
         except BaseException:
@@ -302,7 +306,7 @@ def _stream(
 async def _run(
     ctx: ServingContext,
     model: str,
-    requests: list[GenerationRequest],
+    requests: RequestsFor,
     stream: bool,
 ) -> tuple[Generation, bool]:
     """Start the sequences; for a stream, wait briefly for the first delta. Returns the
@@ -317,22 +321,6 @@ async def _run(
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def _sampling_requests(
-    request_id: str,
-    n: int,
-    seed: int | None,
-    make: Callable[[int], GenerationRequest],
-) -> list[GenerationRequest]:
-    reqs = []
-    for i in range(n):
-        req = make(i)
-        req.request_id = f"{request_id}-{i}"
-        if seed is not None:
-            req.params.seed = seed + i
-        reqs.append(req)
-    return reqs
 
 
 def _token_bytes(lp: TokenLogprob | tuple[str, float]) -> list[int]:
@@ -384,19 +372,23 @@ async def chat_completions(
         grounding = await ctx.rag.ground(ctx, body.model, messages, extra)
         if grounding is not None:
             messages, citations = grounding.messages, grounding.citations
-    extra = {k: v for k, v in extra.items() if not k.startswith("rag_")}
-    reqs = _sampling_requests(
-        request_id,
-        body.n,
-        body.seed,
-        lambda i: GenerationRequest(
-            request_id, messages=messages, params=body.sampling(), extra=extra
-        ),
-    )
-    tool_plan = tools.plan(
-        extra
-    )  # tools, tool_choice, parallel_tool_calls (serving/services/tools.py)
-    gen, waiting = await _run(ctx, body.model, reqs, body.stream)
+    # tools, tool_choice, parallel_tool_calls, response_format: validated and translated once
+    plan = translate.chat_plan(extra)
+    tool_plan = plan.tool_plan
+
+    def requests(engine: Engine) -> list[GenerationRequest]:
+        return translate.chat_requests(
+            request_id,
+            messages,
+            plan,
+            body.sampling,
+            n=body.n,
+            seed=body.seed,
+            capabilities=engine.capabilities(),
+            model=engine.model_name,
+        )
+
+    gen, waiting = await _run(ctx, body.model, requests, body.stream)
     created = int(time.time())
     if not body.stream:
         if not await _collect(request, gen):
@@ -488,18 +480,12 @@ async def completions(
 ) -> Response:
     request_id = _new_id("cmpl")
     prompts = body.prompts()
-    extra = dict(body.model_extra or {})
     n = body.n
-    # choice index = prompt index * n + i, as OpenAI numbers them
-    reqs = _sampling_requests(
-        request_id,
-        len(prompts) * n,
-        body.seed,
-        lambda i: GenerationRequest(
-            request_id, prompt=prompts[i // n], params=body.sampling(), extra=extra
-        ),
+    constraint = translate.completion_constraint(dict(body.model_extra or {}))
+    reqs = translate.completion_requests(
+        request_id, prompts, constraint, body.sampling, n=n, seed=body.seed
     )
-    gen, waiting = await _run(ctx, body.model, reqs, body.stream)
+    gen, waiting = await _run(ctx, body.model, lambda engine: reqs, body.stream)
     created = int(time.time())
     want_logprobs = body.logprobs is not None
 

@@ -1,4 +1,5 @@
-"""The grammar processor (serving/engine/grammar.py) and grammars (serving/services/structured.py).
+"""The grammar processor and matchers (serving/engine/grammar.py) and grammars
+(serving/services/structured.py).
 
 A small decode loop stands in for mlx-lm's batch step (every row's processors, then every
 row's sampler, as `GenerationBatch._step` calls them) and feeds random logits, so that the masks
@@ -18,7 +19,7 @@ mx = pytest.importorskip("mlx.core")
 llguidance = pytest.importorskip("llguidance")
 
 from serving.engine.base import InvalidRequestError, SamplingParams  # noqa: E402
-from serving.engine.grammar import GrammarStep, constrain  # noqa: E402
+from serving.engine.grammar import GrammarStep, compile_matcher, constrain  # noqa: E402
 from serving.engine.sampling import KeyedSampler  # noqa: E402
 from serving.services import structured, tools  # noqa: E402
 
@@ -93,7 +94,7 @@ def _decode(
             plan = tools.plan(extra)
             c = structured.from_request(extra, plan, chat=True)
             assert c is not None
-            matcher = structured.compile_matcher(c, ll_tokenizer)
+            matcher = compile_matcher(c, ll_tokenizer)
             inner = (
                 KeyedSampler(SamplingParams(temperature=temperature), seed + i, vocab)
                 if temperature
@@ -180,7 +181,7 @@ def test_a_finished_or_broken_matcher_allows_only_eos(ll_tokenizer: Any, hf_toke
     step = GrammarStep(ll_tokenizer.vocab_size, [eos])
     c = structured.from_request({"response_format": {"type": "json_object"}}, None, chat=True)
     assert c is not None
-    matcher = structured.compile_matcher(c, ll_tokenizer)
+    matcher = compile_matcher(c, ll_tokenizer)
     proc, sampler = constrain(matcher, ll_tokenizer.vocab_size, 0, step, None)
     ids = hf_tokenizer.encode("{}")
     logits = mx.zeros((1, ll_tokenizer.vocab_size))
@@ -194,7 +195,7 @@ def test_unsupported_schema_names_the_feature(ll_tokenizer: Any) -> None:
     c = structured.from_request(_schema_format(schema), None, chat=True)
     assert c is not None
     with pytest.raises(InvalidRequestError) as info:
-        structured.compile_matcher(c, ll_tokenizer)
+        compile_matcher(c, ll_tokenizer)
     assert info.value.param == "response_format" and "dependentSchemas" in str(info.value)
 
 

@@ -19,7 +19,9 @@ import pytest
 from serving.engine.base import (
     Delta,
     Engine,
+    EngineCapabilities,
     EngineClosedError,
+    EngineError,
     GenerationRequest,
     InvalidRequestError,
     QueueFullError,
@@ -28,7 +30,12 @@ from serving.engine.base import (
 
 pytest.importorskip("mlx_lm")
 
-from serving.engine.mlx_engine import MLXEngine, MLXEngineConfig, load_model
+from serving.engine.mlx_engine import (
+    MLXEngine,
+    MLXEngineConfig,
+    chat_template_renders_tools,
+    load_model,
+)
 
 MODEL = "smollm2-135m-instruct"
 QUEUE_LIMIT = 4
@@ -203,23 +210,28 @@ def test_logit_bias_forces_a_token(engine: MLXEngine) -> None:
 
 
 def test_penalties_and_filters_run(engine: MLXEngine) -> None:
-    deltas = run(
-        engine,
-        req(
-            "pen",
-            prompt="Repeat after me: la la la la",
-            temperature=0.8,
-            top_p=0.9,
-            top_k=40,
-            min_p=0.05,
-            repetition_penalty=1.3,
-            presence_penalty=0.5,
-            frequency_penalty=0.5,
-            seed=7,
-            max_tokens=6,
-        ),
-    )
+    def sampled(rid: str, **penalties: float) -> list[Delta]:
+        return run(
+            engine,
+            req(
+                rid,
+                prompt="Repeat after me: la la la la",
+                temperature=0.8,
+                top_p=0.9,
+                top_k=40,
+                min_p=0.05,
+                seed=7,
+                max_tokens=6,
+                **penalties,
+            ),
+        )
+
+    deltas = sampled("pen", repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.5)
     assert deltas[-1].finish_reason in ("length", "stop")
+    # The same request without penalties, same seed (seeded sampling is reproducible: above).
+    plain = sampled("plain")
+    tokens = [t for d in deltas for t in d.token_ids]
+    assert tokens != [t for d in plain for t in d.token_ids], "the penalties changed nothing"
 
 
 def test_cancellation_frees_the_slot_and_the_engine_still_serves(engine: MLXEngine) -> None:
@@ -275,6 +287,35 @@ def test_prompt_longer_than_the_context_is_invalid(engine: MLXEngine) -> None:
     with pytest.raises(InvalidRequestError) as info:
         engine.generate(req("t", prompt="hi", top_logprobs=50))
     assert info.value.param == "top_logprobs"
+    assert not isinstance(info.value, EngineError)  # a 400 of the request, not a failure
+
+
+def test_request_shapes_the_engine_refuses(engine: MLXEngine) -> None:
+    both = GenerationRequest("b", prompt="hi", prompt_ids=[1, 2])
+    with pytest.raises(InvalidRequestError, match="exactly one"):
+        engine.generate(both)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(InvalidRequestError) as info:
+        engine.generate(GenerationRequest("t", prompt="hi", tools=tools))
+    assert info.value.param == "tools"
+
+
+def test_prompt_ids_are_taken_as_they_are(engine: MLXEngine) -> None:
+    ids = engine._tokenizer.apply_chat_template(POEM, add_generation_prompt=True)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    by_ids = GenerationRequest("i", prompt_ids=list(ids), params=params)
+    assert engine.count_tokens(by_ids) == engine.count_tokens(req("m", messages=POEM))
+    assert text(run(engine, by_ids)) == text(run(engine, req("m", messages=POEM)))
+
+
+def test_capabilities_follow_the_chat_template(engine: MLXEngine) -> None:
+    # SmolLM2's template has no tools: the HTTP side writes them into the messages.
+    assert engine.capabilities() == EngineCapabilities(
+        native_tools=False, tool_prompt_fallback=True
+    )
+    assert chat_template_renders_tools("{% if tools %}{{ tools | tojson }}{% endif %}")
+    assert not chat_template_renders_tools("{% for message in messages %}{% endfor %}")
+    assert not chat_template_renders_tools(None)
 
 
 @pytest.mark.slow
@@ -339,8 +380,6 @@ def _threads_of(model: str) -> list[threading.Thread]:
 def test_a_folder_that_does_not_load_is_a_clear_error_and_leaves_no_thread(
     tmp_path: Path,
 ) -> None:
-    from serving.engine.base import EngineError
-
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(EngineError, match="Could not load model 'broken'"):
         MLXEngine.load(tmp_path, "broken")
@@ -348,9 +387,11 @@ def test_a_folder_that_does_not_load_is_a_clear_error_and_leaves_no_thread(
 
 
 def test_constrained_requests_share_the_batch_and_match_solo(engine: MLXEngine) -> None:
-    """A response_format request decodes inside the continuous batch (serving/engine/grammar.py),
+    """A constrained request (a response_format's grammar) decodes inside the continuous batch (serving/engine/grammar.py),
     next to free requests, and gives the same greedy output as alone."""
     import json
+
+    from serving.services import structured
 
     schema = {
         "type": "object",
@@ -359,10 +400,12 @@ def test_constrained_requests_share_the_batch_and_match_solo(engine: MLXEngine) 
         "additionalProperties": False,
     }
     fmt = {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    constraint = structured.from_request(fmt, None, chat=True)
+    assert constraint is not None and constraint.kind == "json_schema"
 
     def constrained(rid: str) -> GenerationRequest:
         r = req(rid, messages=[{"role": "user", "content": "Weather as JSON."}], max_tokens=40)
-        r.extra = fmt
+        r.constraint = constraint
         return r
 
     solo = run(engine, constrained("js"))

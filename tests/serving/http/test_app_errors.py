@@ -160,7 +160,7 @@ def test_wrong_model_kind_is_400(srv: Server) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_queue_full_is_503_with_retry_after(srv: Server, model: str, stream: bool) -> None:
     r = srv.chat(model=model, stream=stream)
-    _error(r, 503, "rate_limited")
+    _error(r, 503, "queue_full")
     assert r.headers["retry-after"] == "2"
 
 
@@ -218,7 +218,7 @@ def test_disconnect_during_a_long_prefill_frees_the_sequence(srv: Server) -> Non
     deadline = time.monotonic() + 10
     while engine.active and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert engine.active == 0 and engine.cancelled >= 1 and engine.finished >= 0
+    assert engine.active == 0 and engine.cancelled >= 1
 
 
 # -- generation shapes the SDK tests do not cover -----------------------------------------------

@@ -262,7 +262,7 @@ def test_queue_overflow_is_503_with_retry_after(
         with pytest.raises(openai.InternalServerError) as exc:
             client.chat.completions.create(model="fake-slow", messages=PROMPT, max_tokens=2)
         assert exc.value.status_code == 503
-        assert exc.value.code == "rate_limited"
+        assert exc.value.code == "queue_full"
         assert int(exc.value.response.headers["retry-after"]) >= 1
     finally:
         for s in streams:

@@ -23,7 +23,15 @@ import yaml
 
 from pipelines.hardware import blas_preload
 from pipelines.settings import PROJECT_ROOT
-from serving.engine.base import Delta, EngineError, GenerationRequest, QueueFullError
+from serving.engine.base import (
+    Constraint,
+    Delta,
+    EngineCapabilities,
+    EngineError,
+    GenerationRequest,
+    QueueFullError,
+    SamplingParams,
+)
 from serving.ray.deployments import RayAppArgs, app_builder, llm_deployment_name
 from serving.ray.proxies import RayEngineProxy, RemoteError, coalesce
 from tests.serving.ray_server import (
@@ -207,6 +215,22 @@ def test_proxy_flattens_batches_and_reraises_domain_errors_as_they_were() -> Non
     with pytest.raises(QueueFullError) as exc:
         _collect(RayEngineProxy("m", handle))
     assert exc.value.retry_after == 2.5
+
+
+def test_a_typed_request_crosses_processes_whole_and_the_proxy_reports_capabilities() -> None:
+    import pickle
+
+    request = GenerationRequest(
+        "r1",
+        messages=[{"role": "user", "content": "hi"}],
+        params=SamplingParams(seed=3, stop=["\n"]),
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        constraint=Constraint('{"grammars": []}', "tool_calls", "tools"),
+    )
+    assert pickle.loads(pickle.dumps(request)) == request  # what Ray does to it
+    native = EngineCapabilities(native_tools=True, tool_prompt_fallback=False)
+    assert RayEngineProxy("m", _Handle([]), capabilities=native).capabilities() == native
+    assert RayEngineProxy("m", _Handle([])).capabilities() == EngineCapabilities()
 
 
 def test_proxy_maps_ray_failures_to_engine_errors_without_traceback() -> None:
