@@ -1,12 +1,12 @@
 """The serving benchmark: our engine and server against mlx-lm's, on one machine, in one run.
 
-    impetus bench serving                 # the full run (about 5-10 minutes on a laptop)
+    impetus bench serving                 # the full run
     impetus bench serving --quick         # CI-sized: levels 1 and 4, 16 tokens, 600-token prefix, once
     impetus bench serving --ray           # also `impetus serve --ray` (slow to start)
 
 Same model (the registry's `models.llm`), same prompts, same BLAS (OpenBLAS preloaded for every
 process where Debian has it), greedy decoding, all measured side by side. On MLX's CPU backend the
-engine computes in float32 (float16 is about 30-100x slower there), so `mlx_lm.server` gets the
+engine computes in float32 (float16 is far slower there), so `mlx_lm.server` gets the
 same weights as a float32 folder made by `mlx_lm convert -d --dtype float32` (cached under
 data_dir/bench/models); on Metal both use the registry folder as it is.
 
@@ -78,8 +78,8 @@ class BenchConfig:
     # rounds, each round one burst of `streams` requests on every server back to back (the order
     # alternating), so low levels get as many samples as high ones and every round is a pair.
     min_requests: int = 8
-    # Sweeps over all levels; a level's figures pool every sweep (one 64-token burst per level
-    # swung ±20 % between runs on a shared machine).
+    # Sweeps over all levels; a level's figures pool every sweep (one burst per level is noisy on
+    # a shared machine).
     sweeps: int = 3
     decode_runs: int = 6  # single-stream decode runs of each side
     prefix_tokens: int = 1500

@@ -1,6 +1,6 @@
 """The structured-output benchmark: what constrained decoding costs the continuous batch.
 
-    impetus bench structured          # 8 streams, 2 rounds, 4 repetitions (~10 min on 2 cores)
+    impetus bench structured          # 8 streams, 2 rounds, 4 repetitions
     impetus bench structured --quick  # CI-sized
 
 One `impetus serve` (the registry's `models.llm`, OpenBLAS preloaded as in `impetus bench
