@@ -15,13 +15,11 @@ a schema it cannot enforce is a 400 naming the unsupported feature before anythi
 JSON is generated without optional whitespace: a small model given the freedom of
 `[ \\t\\n]*` tends to spend its token budget on it.
 
-Why llguidance (measured on this 2-core x86 CPU with SmolLM2's 49k-token tokenizer, for the same
-schema and document; `python -m serving.services.structured` reruns ours): a per-token mask in ~36 us mean
-(outlines-core 0.2: ~48 us) and a schema compiled in ~1.4 ms (outlines-core builds its index in
-~350 ms per schema, so it needs a compile cache); arbitrary JSON (`json_object`) and a Lark
-grammar with inline `%json` schemas (the tool-call syntax around the arguments) in one format,
-which outlines-core's regexes cannot express; GIL released while computing masks; no torch
-(xgrammar's package requires it, so it was not measured here).
+Why llguidance: a per-token mask and a schema compile fast enough to need no compile cache
+(outlines-core builds an index per schema); arbitrary JSON (`json_object`) and a Lark grammar
+with inline `%json` schemas (the tool-call syntax around the arguments) in one format, which
+outlines-core's regexes cannot express; GIL released while computing masks; no torch (xgrammar's
+package requires it). The structured-output bench (flows/bench/structured.py) measures its cost.
 """
 
 from __future__ import annotations
@@ -153,65 +151,3 @@ def compile_matcher(constraint: Constraint, tokenizer: Any) -> Any:
             param=constraint.param,
         )
     return matcher
-
-
-def _measure() -> None:  # pragma: no cover - a measurement, run by hand
-    """Per-token mask time on the bundled model's tokenizer: `python -m serving.services.structured`."""
-    import time
-
-    import llguidance.hf
-    import llguidance.numpy as lnp
-    import numpy as np
-    from transformers import AutoTokenizer
-
-    from pipelines.settings import load_settings
-
-    path = load_settings().data_dir / "models" / "smollm2-135m-instruct"
-    hf = AutoTokenizer.from_pretrained(str(path))
-    tok = llguidance.hf.from_tokenizer(hf)  # type: ignore[arg-type]
-    schema = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "color": {"enum": ["red", "green", "blue"]},
-            "address": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
-                "required": ["city", "zip"],
-            },
-            "tags": {"type": "array", "items": {"type": "string"}},
-        },
-        "required": ["name", "color", "address", "tags"],
-        "additionalProperties": False,
-    }
-    doc = {
-        "name": "Ada Lovelace",
-        "color": "green",
-        "address": {"city": "London", "zip": "W1"},
-        "tags": ["math", "engines", "poetry"],
-    }
-    for name, fmt in [
-        ("json_object", {"type": "json_object"}),
-        ("json_schema", {"type": "json_schema", "json_schema": {"schema": schema}}),
-    ]:
-        c = from_request({"response_format": fmt}, None, chat=True)
-        assert c is not None
-        t0 = time.perf_counter()
-        m = compile_matcher(c, tok)
-        compile_ms = (time.perf_counter() - t0) * 1e3
-        bm = lnp.allocate_token_bitmask(1, tok.vocab_size)
-        times = []
-        for t in hf.encode(json.dumps(doc, separators=(",", ":"))):
-            t0 = time.perf_counter()
-            lnp.fill_next_token_bitmask(m, bm)
-            times.append(time.perf_counter() - t0)
-            m.consume_token(t)
-        us = np.array(times[1:]) * 1e6
-        print(
-            f"{name}: compile {compile_ms:.2f} ms; mask mean {us.mean():.0f} us, "
-            f"p50 {np.median(us):.0f} us, max {us.max():.0f} us over {len(us)} tokens"
-        )
-
-
-if __name__ == "__main__":
-    _measure()
