@@ -4,8 +4,9 @@
 
 Each mode retrieves `CHUNKS` chunks per question, collapsed to documents in rank order
 (pipelines/evaluation/retrieval.py), and is scored with hit@1/5/10, MRR@10 and nDCG@10. One MLflow run
-(experiment `retrieval-eval`, SQLite store at data_dir/mlflow.db) holds the parameters (dataset,
-collection, pipeline settings, fusion weights), one metric per mode × measure and the table.
+(experiment `retrieval-eval`, flows/bench/tracking.py) holds the parameters (dataset, collection,
+pipeline settings, fusion weights), one metric per mode × measure, a nested run per mode and the
+table.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.bench.results import BenchResult, Config
+
 if TYPE_CHECKING:
     from pipelines.evaluation.retrieval import Question
     from pipelines.retrieve import Retriever
-    from pipelines.settings import Settings
 
 EXPERIMENT = "retrieval-eval"
 CHUNKS = 50  # chunks retrieved per question, so that ten distinct documents remain
@@ -40,33 +42,12 @@ def evaluate_mode(
     return {"mean": evaluate.mean(rows), "rows": rows}
 
 
-def log_mlflow(
-    settings: Settings,
-    experiment: str,
-    run_name: str,
-    params: dict[str, Any],
-    metrics: dict[str, float],
-    artifacts: dict[str, str],
-) -> str:
-    """One MLflow run in data_dir's SQLite store (flows/bench/tracking.py), returns its id."""
-    import mlflow
-
-    from flows.bench.tracking import use_experiment
-
-    use_experiment(settings, experiment)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params({k: str(v) for k, v in params.items()})
-        mlflow.log_metrics(metrics)
-        for name, text in artifacts.items():
-            mlflow.log_text(text, name)
-        return str(run.info.run_id)
-
-
 @flow(name="eval-retrieval", validate_parameters=False)
 def eval_retrieval(
     dataset: str, collection: str, modes: tuple[str, ...] = ("dense", "sparse", "hybrid")
-) -> dict[str, Any]:
+) -> BenchResult:
     """Score each search mode on the labelled questions of `dataset` over `collection`."""
+    from flows.bench.tracking import log_bench
     from pipelines.embed.dispatch import load_embedder
     from pipelines.evaluation import retrieval as evaluate
     from pipelines.retrieve import Retriever
@@ -87,27 +68,29 @@ def eval_retrieval(
     means = {m: r["mean"] for m, r in results.items()}
     table = evaluate.table(means, len(questions))
     r = settings.rag
-    run_id = log_mlflow(
-        settings,
-        EXPERIMENT,
-        f"{Path(dataset).stem}:{collection}",
-        {
-            "dataset": dataset,
-            "questions": len(questions),
-            "collection": collection,
-            "physical_collection": physical,
-            "points": points,
-            "embedding_model": settings.models.embedding,
-            "chunk_max_tokens": settings.chunking.max_tokens,
-            "chunk_overlap_tokens": settings.chunking.overlap_tokens,
-            "candidates": r.candidates,
-            "rrf_k": r.rrf_k,
-            "dense_weight": r.dense_weight,
-            "sparse_weight": r.sparse_weight,
-            "bm25_k1": r.bm25_k1,
-            "bm25_b": r.bm25_b,
-        },
-        {f"{mode}_{k.replace('@', '_at_')}": v for mode, m in means.items() for k, v in m.items()},
-        {"retrieval_eval.md": table},
-    )
-    return {"table": table, "results": means, "mlflow_run_id": run_id, "points": points}
+    params = {
+        "dataset": dataset,
+        "questions": len(questions),
+        "collection": collection,
+        "physical_collection": physical,
+        "points": points,
+        "embedding_model": settings.models.embedding,
+        "chunk_max_tokens": settings.chunking.max_tokens,
+        "chunk_overlap_tokens": settings.chunking.overlap_tokens,
+        "candidates": r.candidates,
+        "rrf_k": r.rrf_k,
+        "dense_weight": r.dense_weight,
+        "sparse_weight": r.sparse_weight,
+        "bm25_k1": r.bm25_k1,
+        "bm25_b": r.bm25_b,
+    }
+    configs = [
+        Config(mode, {"mode": mode}, {k.replace("@", "_at_"): v for k, v in m.items()})
+        for mode, m in means.items()
+    ]
+    metrics = {f"{c.key}_{k}": v for c in configs for k, v in c.metrics.items()}
+    result = BenchResult(
+        "eval-retrieval", EXPERIMENT, f"{Path(dataset).stem}:{collection}", table, params,
+        metrics, configs,
+    )  # fmt: skip
+    return log_bench(settings, result)

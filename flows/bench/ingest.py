@@ -26,8 +26,8 @@ by `BenchConfig.batch_documents` where that is set; the table says which size ra
 
 `--max-chunks N` keeps only each document's first N chunks (chunking.max_chunks): parsing and
 chunking still see every page in full; embedding, upserting and lineage see N chunks per page.
-One MLflow run per benchmark (experiment `ingest-bench`, data_dir/mlflow.db) holds the
-parameters, the metrics, the machine's load average and the table.
+One MLflow run per benchmark (experiment `ingest-bench`, flows/bench/tracking.py) holds the
+parameters, the metrics, the machine's load average and the table, with a nested run per side.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from prefect import flow
+
+from flows.bench.results import BenchResult, machine, split_by_prefix
 
 if TYPE_CHECKING:
     from pipelines.records import Chunk, SourceDocument
@@ -313,8 +315,9 @@ def _read_task_runs(flow_run_id: str) -> list[Any]:
 
 
 @flow(name="bench-ingest", log_prints=False)
-def bench_ingest(cfg: BenchConfig | None = None) -> dict[str, Any]:
+def bench_ingest(cfg: BenchConfig | None = None) -> BenchResult:
     """Both sides on the same documents, interleaved; one MLflow run; the metrics and table."""
+    from flows.bench.tracking import log_bench
     from pipelines.settings import get_settings
 
     cfg = cfg or BenchConfig()
@@ -346,9 +349,19 @@ def bench_ingest(cfg: BenchConfig | None = None) -> dict[str, Any]:
     metrics = _metrics(sides, len(files))
     metrics.update({"loadavg1_start": load_start[0], "loadavg1_end": load_end[0]})
     metrics["batch_documents"] = float(cfg.batch_documents or settings.ingest.batch_documents)
-    table = render_table(metrics, cfg)
-    run_id = _log_mlflow(settings, cfg, metrics, table, files)
-    return {"run_id": run_id, "metrics": metrics, "table": table, "state": str(run_dir)}
+    corpus = cfg.corpus or "python3.11-doc"
+    params = {
+        **asdict(cfg),
+        "corpus": corpus,
+        "embedding_model": settings.models.embedding,
+        **machine(),
+    }
+    per_side = split_by_prefix(metrics, sides, {name: {"side": name} for name in sides})
+    result = BenchResult(
+        "ingest", EXPERIMENT, f"{corpus.rsplit('/', 1)[-1]}-{len(files)}",
+        render_table(metrics, cfg), params, metrics, per_side, files=str(run_dir),
+    )  # fmt: skip
+    return log_bench(settings, result)
 
 
 def _metrics(sides: dict[str, Side], n_files: int) -> dict[str, float]:
@@ -409,34 +422,3 @@ def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
         f"{m['flow_task_runs']:.0f} task runs) |"
     )
     return "\n".join(rows)
-
-
-def _log_mlflow(
-    settings: Settings,
-    cfg: BenchConfig,
-    metrics: dict[str, float],
-    table: str,
-    files: list[Path],
-) -> str:
-    import mlflow
-
-    from flows.bench.tracking import use_experiment
-    from pipelines.hardware import detect
-
-    use_experiment(settings, EXPERIMENT)
-    hw = detect()
-    corpus = cfg.corpus or "python3.11-doc"
-    with mlflow.start_run(run_name=f"{corpus.rsplit('/', 1)[-1]}-{len(files)}") as run:
-        mlflow.log_params(
-            {
-                **{k: str(v) for k, v in asdict(cfg).items()},
-                "corpus": corpus,
-                "embedding_model": settings.models.embedding,
-                "chip": hw.chip,
-                "cpu_count": hw.cpu_count,
-                "blas": hw.blas,
-            }
-        )
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        mlflow.log_text(table, "ingest_bench.md")
-        return str(run.info.run_id)

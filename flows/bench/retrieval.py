@@ -9,7 +9,7 @@ data_dir/bench/retrieval (removed afterwards) and optimized (HNSW) as the ingest
 the BM25 index's. Query vectors are given, as the server has them after embedding the question
 (the embedding itself is reported apart: one MiniLM query on this machine). Latencies are
 per-query wall times in this process after a warm-up; p50/p95 go to MLflow (experiment
-`retrieval-bench`) with the table.
+`retrieval-bench`, a nested run per mode) with the table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.bench.results import BenchResult, split_by_prefix
+
 EXPERIMENT = "retrieval-bench"
+MODES = ("dense", "sparse", "hybrid")
 
 
 @dataclass
@@ -163,10 +166,10 @@ def _table(cfg: RetrievalBenchConfig, m: dict[str, float]) -> str:
 
 
 @flow(name="bench-retrieval", validate_parameters=False)
-def bench_retrieval(cfg: RetrievalBenchConfig) -> dict[str, Any]:
+def bench_retrieval(cfg: RetrievalBenchConfig) -> BenchResult:
     """Build the synthetic store, measure the three modes, log to MLflow, remove the store."""
-    from flows.eval_retrieval import log_mlflow
-    from pipelines.hardware import detect
+    from flows.bench.results import machine
+    from flows.bench.tracking import log_bench
     from pipelines.settings import get_settings
 
     settings = get_settings()
@@ -180,10 +183,9 @@ def bench_retrieval(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     emb = _query_embedding_ms()
     if emb is not None:
         metrics["embed_query_ms"] = emb
-    table = _table(cfg, metrics)
-    hw = detect()
-    params = {**asdict(cfg), "cpu_count": hw.cpu_count, "chip": hw.chip, "blas": hw.blas}
-    run_id = log_mlflow(
-        settings, EXPERIMENT, f"{cfg.chunks}", params, metrics, {"retrieval_bench.md": table}
-    )
-    return {"table": table, "metrics": metrics, "mlflow_run_id": run_id}
+    modes = split_by_prefix(metrics, MODES, {m: {"mode": m} for m in MODES})
+    result = BenchResult(
+        "retrieval", EXPERIMENT, f"{cfg.chunks}", _table(cfg, metrics),
+        {**asdict(cfg), **machine()}, metrics, modes,
+    )  # fmt: skip
+    return log_bench(settings, result)

@@ -1,12 +1,12 @@
 """The serving benchmark: our engine and server against mlx-lm's, on one machine, in one run.
 
-    impetus bench serving                 # the full run (about 5-10 minutes on a laptop)
+    impetus bench serving                 # the full run
     impetus bench serving --quick         # CI-sized: levels 1 and 4, 16 tokens, 600-token prefix, once
     impetus bench serving --ray           # also `impetus serve --ray` (slow to start)
 
 Same model (the registry's `models.llm`), same prompts, same BLAS (OpenBLAS preloaded for every
 process where Debian has it), greedy decoding, all measured side by side. On MLX's CPU backend the
-engine computes in float32 (float16 is about 30-100x slower there), so `mlx_lm.server` gets the
+engine computes in float32 (float16 is far slower there), so `mlx_lm.server` gets the
 same weights as a float32 folder made by `mlx_lm convert -d --dtype float32` (cached under
 data_dir/bench/models); on Metal both use the registry folder as it is.
 
@@ -21,9 +21,9 @@ data_dir/bench/models); on Metal both use the registry folder as it is.
   (goal ≤ 0.3×);
 - seconds from launching `impetus serve` to /api/health/live (goal < 10 s) and to ready.
 
-Load goes only to 127.0.0.1, in fixed numbers of requests with timeouts; every server started here
-is stopped here. One MLflow run per benchmark (experiment `serving-bench`, SQLite store at
-data_dir/mlflow.db) holds the metrics, the machine's load average and the table.
+Servers are started and stopped by flows/bench/server.py, loaded by flows/bench/load.py. One MLflow
+run per benchmark (experiment `serving-bench`, flows/bench/tracking.py) holds the metrics, the
+machine's load average and the table, with a nested run per concurrency level.
 """
 
 from __future__ import annotations
@@ -32,14 +32,10 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,13 +44,15 @@ import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.bench.load import Burst, burst, stream_request
+from flows.bench.results import BenchResult, split_by_prefix
+from flows.bench.server import Server, bench_env, impetus_serve, mlx_lm_server
+
 if TYPE_CHECKING:
     from pipelines.settings import Settings
 
 EXPERIMENT = "serving-bench"
-HOST = "127.0.0.1"
 REQUEST_TIMEOUT_S = 300.0
-START_TIMEOUT_S = 900.0  # Ray on a busy two-core machine takes minutes
 
 TOPICS = (
     "a lighthouse keeper", "the first snow", "a lost key", "a robot gardener", "an old map",
@@ -80,8 +78,8 @@ class BenchConfig:
     # rounds, each round one burst of `streams` requests on every server back to back (the order
     # alternating), so low levels get as many samples as high ones and every round is a pair.
     min_requests: int = 8
-    # Sweeps over all levels; a level's figures pool every sweep (one 64-token burst per level
-    # swung ±20 % between runs on a shared machine).
+    # Sweeps over all levels; a level's figures pool every sweep (one burst per level is noisy on
+    # a shared machine).
     sweeps: int = 3
     decode_runs: int = 6  # single-stream decode runs of each side
     prefix_tokens: int = 1500
@@ -105,17 +103,12 @@ class BenchConfig:
 
 
 @dataclass
-class LevelResult:
-    concurrency: int
-    requests: int
-    completion_tokens: int
-    wall_s: float
-    ttft_ms: list[float] = field(default_factory=list)
-    # Requests that failed, by exception name (a server that falls over is a result, not a crash).
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    round_tps: list[float] = field(default_factory=list)  # aggregate tok/s of each round
+class LevelResult(Burst):
+    """A level's bursts pooled, with every round's aggregate tok/s kept for pairing."""
 
-    def add(self, r: LevelResult) -> None:
+    round_tps: list[float] = field(default_factory=list)
+
+    def add(self, r: Burst) -> None:
         """Pool one round's result into this one."""
         self.requests += r.requests
         self.completion_tokens += r.completion_tokens
@@ -124,14 +117,6 @@ class LevelResult:
         for kind, n in r.error_kinds.items():
             self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
         self.round_tps.append(r.tps)
-
-    @property
-    def errors(self) -> int:
-        return sum(self.error_kinds.values())
-
-    @property
-    def tps(self) -> float:
-        return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
     def ttft(self, q: float) -> float:
         return percentile(self.ttft_ms, q)
@@ -146,134 +131,6 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-# -- processes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def bench_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of every process measured: same BLAS, same data_dir, telemetry off."""
-    from pipelines import telemetry
-    from pipelines.hardware import blas_preload
-
-    telemetry.disable()
-    env = {**os.environ, "IMPETUS_DATA_DIR": str(settings.data_dir), **extra}
-    preload = blas_preload(env)
-    if preload:
-        env["LD_PRELOAD"] = preload
-    env["_IMPETUS_REEXEC"] = "1"  # the launcher must not re-exec: LD_PRELOAD is set here
-    env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
-    return env
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    model: str  # what requests put in "model"
-    proc: subprocess.Popen[bytes]
-    live_s: float = float("nan")
-    ready_s: float = float("nan")
-
-
-def _poll(url: str, proc: subprocess.Popen[bytes], deadline: float, log: Path) -> None:
-    while True:
-        if proc.poll() is not None:
-            tail = log.read_bytes()[-3000:].decode(errors="replace")
-            raise RuntimeError(f"the server exited ({proc.returncode}) before {url}:\n{tail}")
-        with suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer 200 within {START_TIMEOUT_S:.0f} s")
-        time.sleep(0.05)
-
-
-@contextmanager
-def launch(
-    name: str,
-    argv: list[str],
-    env: dict[str, str],
-    *,
-    port: int,
-    model: str,
-    live_path: str,
-    ready_path: str,
-    log_dir: Path,
-) -> Iterator[Server]:
-    """Start a server on 127.0.0.1:`port`, time launch → live and → ready; stop it at exit."""
-    log = log_dir / f"{name}.log"
-    url = f"http://{HOST}:{port}"
-    with open(log, "wb") as out:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        server = Server(name, url, model, proc)
-        try:
-            deadline = started + START_TIMEOUT_S
-            _poll(url + live_path, proc, deadline, log)
-            server.live_s = time.monotonic() - started
-            _poll(url + ready_path, proc, deadline, log)
-            server.ready_s = time.monotonic() - started
-            yield server
-        finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
-def impetus_serve(
-    settings: Settings, log_dir: Path, *, ray: bool = False, name: str = "impetus", **env: str
-) -> Any:
-    port = free_port()
-    argv = [sys.executable, "-m", "flows.cli", "serve", "--host", HOST, "--port", str(port)]
-    if ray:
-        argv.append("--ray")
-    return launch(
-        name,
-        argv,
-        bench_env(settings, **env),
-        port=port,
-        model=settings.models.llm,
-        live_path="/api/health/live",
-        ready_path="/api/health/ready",
-        log_dir=log_dir,
-    )
-
-
-def mlx_lm_server(settings: Settings, model_path: Path, log_dir: Path) -> Any:
-    port = free_port()
-    argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_path)]
-    argv += ["--host", HOST, "--port", str(port), "--log-level", "WARNING"]
-    return launch(
-        "mlx-lm",
-        argv,
-        bench_env(settings),
-        port=port,
-        model="default_model",
-        live_path="/health",
-        ready_path="/health",
-        log_dir=log_dir,
-    )
-
-
-# -- load ----------------------------------------------------------------------------------------
-
-
 def prompts(n: int) -> list[list[dict[str, str]]]:
     return [
         [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}]
@@ -281,56 +138,13 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     ]
 
 
-async def stream_request(
-    client: httpx.AsyncClient, server: Server, path: str, body: dict[str, Any]
-) -> tuple[float, int]:
-    """One streamed request: (TTFT in ms, completion tokens from the usage chunk)."""
-    body = {**body, "model": server.model, "stream": True}
-    body["stream_options"] = {"include_usage": True}
-    started = time.perf_counter()
-    ttft = float("nan")
-    tokens = 0
-    async with client.stream("POST", server.url + path, json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"{server.name} answered {r.status_code}: {await r.aread()!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("error"):
-                raise RuntimeError(f"{server.name} failed mid-stream: {chunk['error']}")
-            for choice in chunk.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content") or choice.get("text")
-                if piece and ttft != ttft:  # first non-empty piece
-                    ttft = (time.perf_counter() - started) * 1000
-            if chunk.get("usage"):
-                tokens = int(chunk["usage"]["completion_tokens"])
-    return ttft, tokens
-
-
-async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> LevelResult:
+async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> Burst:
     """One burst: `concurrency` streamed requests at once."""
-    chats = prompts(concurrency)
-    result = LevelResult(concurrency, 0, 0, 0.0)
-    limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-
-        async def stream_worker(i: int) -> None:
-            body = {"messages": chats[i], "max_tokens": cfg.max_tokens, "temperature": 0.0}
-            try:
-                ttft, tokens = await stream_request(client, server, "/v1/chat/completions", body)
-            except (httpx.HTTPError, RuntimeError) as exc:
-                kind = type(exc).__name__
-                result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
-                return
-            result.ttft_ms.append(ttft)
-            result.completion_tokens += tokens
-            result.requests += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(stream_worker(i) for i in range(concurrency)))
-        result.wall_s = time.perf_counter() - started
-    return result
+    bodies = [
+        [{"messages": chat, "max_tokens": cfg.max_tokens, "temperature": 0.0}]
+        for chat in prompts(concurrency)
+    ]
+    return await burst(server, bodies, timeout_s=REQUEST_TIMEOUT_S)
 
 
 def warm_up(server: Server) -> None:
@@ -508,8 +322,10 @@ def _decode_probe(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="bench-serving", log_prints=False)
-def bench_serving(cfg: BenchConfig | None = None) -> dict[str, Any]:
+def bench_serving(cfg: BenchConfig | None = None) -> BenchResult:
     """Measure everything, log one MLflow run, return the metrics and the table."""
+    from flows.bench.results import machine
+    from flows.bench.tracking import log_bench
     from pipelines.models.store import ModelStore
     from pipelines.settings import get_settings
 
@@ -544,9 +360,19 @@ def bench_serving(cfg: BenchConfig | None = None) -> dict[str, Any]:
     metrics = _metrics(decode, levels, cache_on, cache_off, launch, ray)
     load_end = os.getloadavg()
     metrics.update({"loadavg1_start": load_start[0], "loadavg1_end": load_end[0]})
-    table = render_table(metrics, cfg)
-    run_id = _log_mlflow(settings, cfg, metrics, table, model_path, ref_path)
-    return {"run_id": run_id, "metrics": metrics, "table": table, "logs": str(log_dir)}
+    params = {
+        **{k: str(v) for k, v in asdict(cfg).items()},
+        "model": settings.models.llm,
+        "model_path": str(model_path),
+        "mlx_lm_server_model_path": str(ref_path),
+        **machine(),
+    }
+    result = BenchResult(
+        "serving", EXPERIMENT, "quick" if cfg.quick else "full", render_table(metrics, cfg),
+        params, metrics, split_by_prefix(metrics, [f"c{c}" for c in cfg.levels]),
+        files=str(log_dir),
+    )  # fmt: skip
+    return log_bench(settings, result)
 
 
 def _metrics(
@@ -667,39 +493,6 @@ def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
         f"{m['ray_launch_live_s']:.1f} ({m['ray_launch_ready_s']:.1f})" if ray else "",
     )
     return "\n".join(rows)
-
-
-def _log_mlflow(
-    settings: Settings,
-    cfg: BenchConfig,
-    metrics: dict[str, float],
-    table: str,
-    model_path: Path,
-    ref_path: Path,
-) -> str:
-    import mlflow
-
-    from flows.bench.tracking import use_experiment
-    from pipelines.hardware import detect
-
-    use_experiment(settings, EXPERIMENT)
-    hw = detect()
-    with mlflow.start_run(run_name="quick" if cfg.quick else "full") as run:
-        mlflow.log_params(
-            {
-                **{k: str(v) for k, v in asdict(cfg).items()},
-                "model": settings.models.llm,
-                "model_path": str(model_path),
-                "mlx_lm_server_model_path": str(ref_path),
-                "chip": hw.chip,
-                "cpu_count": hw.cpu_count,
-                "blas": hw.blas,
-                "mlx_version": hw.mlx_version,
-            }
-        )
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        mlflow.log_text(table, "serving_bench.md")
-        return str(run.info.run_id)
 
 
 def main(argv: list[str]) -> None:

@@ -1,6 +1,6 @@
 """The structured-output benchmark: what constrained decoding costs the continuous batch.
 
-    impetus bench structured          # 8 streams, 2 rounds, 4 repetitions (~10 min on 2 cores)
+    impetus bench structured          # 8 streams, 2 rounds, 4 repetitions
     impetus bench structured --quick  # CI-sized
 
 One `impetus serve` (the registry's `models.llm`, OpenBLAS preloaded as in `impetus bench
@@ -13,8 +13,8 @@ So that the comparison measures the grammar and nothing else, every request gene
 schema whose shortest valid document is longer than `max_tokens` (an array of at least 40
 strings), so each ends by length, with the same number of prefills and decode steps.
 
-One MLflow run (experiment `structured-bench`, the SQLite store at data_dir/mlflow.db) holds
-the metrics, the machine's load average and the table.
+One MLflow run (experiment `structured-bench`, flows/bench/tracking.py) holds the metrics, the
+machine's load average and the table, with a nested run for each of none and half constrained.
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.bench.load import burst
+from flows.bench.results import BenchResult, Config
+from flows.bench.server import cpu_seconds
+
 if TYPE_CHECKING:
-    from flows.bench.serving import Server
-    from pipelines.settings import Settings
+    from flows.bench.server import Server
 
 EXPERIMENT = "structured-bench"
 REQUEST_TIMEOUT_S = 600.0
@@ -83,49 +84,22 @@ def _body(i: int, constrained: bool, max_tokens: int) -> dict[str, Any]:
     return body
 
 
-async def _request(client: httpx.AsyncClient, server: Server, body: dict[str, Any]) -> int:
-    """One streamed request (bench_serving's SSE reader); its completion tokens."""
-    from flows.bench.serving import stream_request
-
-    return (await stream_request(client, server, "/v1/chat/completions", body))[1]
-
-
 async def _run(server: Server, constrained: int, cfg: StructuredBenchConfig) -> dict[str, float]:
     """`cfg.streams` streams, the first `constrained` of them with a response_format."""
-    tokens = {"free": 0, "constrained": 0}
-    limits = httpx.Limits(max_connections=cfg.streams + 2)
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-
-        async def stream(i: int) -> None:
-            kind = "constrained" if i < constrained else "free"
-            for _ in range(cfg.rounds):
-                n = await _request(client, server, _body(i, i < constrained, cfg.max_tokens))
-                tokens[kind] += n  # not `+= await ...`: that reads before the await
-
-        cpu0 = _cpu_seconds(server.proc.pid)
-        started = time.perf_counter()
-        await asyncio.gather(*(stream(i) for i in range(cfg.streams)))
-        wall = time.perf_counter() - started
-        cpu = _cpu_seconds(server.proc.pid) - cpu0
-    total = tokens["free"] + tokens["constrained"]
+    streams = [[_body(i, i < constrained, cfg.max_tokens)] * cfg.rounds for i in range(cfg.streams)]
+    cpu0 = cpu_seconds(server.proc.pid)
+    b = await burst(server, streams, timeout_s=REQUEST_TIMEOUT_S)
+    cpu = cpu_seconds(server.proc.pid) - cpu0
+    if b.errors:
+        raise RuntimeError(f"{b.errors} requests failed ({b.error_kinds}); see {server.log}")
     return {
-        "tps": total / wall,
-        "tokens_per_cpu_s": total / cpu if cpu > 0 else float("nan"),
-        "tokens": total,
-        "constrained_tokens": tokens["constrained"],
-        "wall_s": wall,
+        "tps": b.tps,
+        "tokens_per_cpu_s": b.completion_tokens / cpu if cpu > 0 else float("nan"),
+        "tokens": b.completion_tokens,
+        "constrained_tokens": sum(b.stream_tokens[:constrained]),
+        "wall_s": b.wall_s,
         "server_cpu_s": cpu,
     }
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the server process (Linux /proc; NaN elsewhere). Less
-    sensitive than wall time to what else runs on a shared machine."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @task(cache_policy=NO_CACHE)
@@ -141,9 +115,11 @@ def measure(server: Server, cfg: StructuredBenchConfig) -> dict[str, list[dict[s
 
 
 @flow(name="bench-structured", log_prints=False)
-def bench_structured(cfg: StructuredBenchConfig | None = None) -> dict[str, Any]:
+def bench_structured(cfg: StructuredBenchConfig | None = None) -> BenchResult:
     """Measure, log one MLflow run, return the metrics and the table."""
-    from flows.bench.serving import impetus_serve
+    from flows.bench.results import machine
+    from flows.bench.server import impetus_serve
+    from flows.bench.tracking import log_bench
     from pipelines.settings import get_settings
 
     cfg = cfg or StructuredBenchConfig()
@@ -166,15 +142,25 @@ def bench_structured(cfg: StructuredBenchConfig | None = None) -> dict[str, Any]
         "tokens_per_run": statistics.median(r["tokens"] for r in runs["none"] + runs["half"]),
         "load_avg_1m": os.getloadavg()[0],
     }
-    table = render_table(metrics, cfg)
-    run_id = _log_mlflow(settings, cfg, metrics, runs, table)
-    return {
-        "metrics": metrics,
-        "runs": runs,
-        "table": table,
-        "run_id": run_id,
-        "logs": str(log_dir),
+    params = {
+        "model": settings.models.llm,
+        "streams": cfg.streams,
+        "constrained": cfg.constrained,
+        "max_tokens": cfg.max_tokens,
+        "rounds": cfg.rounds,
+        "repeats": cfg.repeats,
+        "grammar_library": "llguidance",
+        **machine(),
     }
+    configs = [
+        Config(kind, {"constrained": n}, {k: statistics.median(r[k] for r in runs[kind]) for k in runs[kind][0]})
+        for kind, n in (("none", 0), ("half", cfg.constrained))
+    ]  # fmt: skip
+    result = BenchResult(
+        "structured", EXPERIMENT, "quick" if cfg.quick else "full", render_table(metrics, cfg),
+        params, metrics, configs, files=str(log_dir),
+    )  # fmt: skip
+    return log_bench(settings, result)
 
 
 def render_table(m: dict[str, float], cfg: StructuredBenchConfig) -> str:
@@ -192,33 +178,3 @@ def render_table(m: dict[str, float], cfg: StructuredBenchConfig) -> str:
             f"| load average (1 min) at the end | {m['load_avg_1m']:.1f} | |",
         ]
     )
-
-
-def _log_mlflow(
-    settings: Settings,
-    cfg: StructuredBenchConfig,
-    metrics: dict[str, float],
-    runs: dict[str, list[dict[str, float]]],
-    table: str,
-) -> str:
-    import mlflow
-
-    from flows.bench.tracking import use_experiment
-
-    use_experiment(settings, EXPERIMENT)
-    with mlflow.start_run(run_name="quick" if cfg.quick else "full") as run:
-        mlflow.log_params(
-            {
-                "model": settings.models.llm,
-                "streams": cfg.streams,
-                "constrained": cfg.constrained,
-                "max_tokens": cfg.max_tokens,
-                "rounds": cfg.rounds,
-                "repeats": cfg.repeats,
-                "grammar_library": "llguidance",
-            }
-        )
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        mlflow.log_text(table, "structured_bench.md")
-        mlflow.log_dict(runs, "runs.json")
-        return str(run.info.run_id)

@@ -1,16 +1,20 @@
-"""The MLflow store every benchmark and evaluation logs to: SQLite under data_dir.
+"""The MLflow store every benchmark and evaluation logs to (SQLite under data_dir), the one
+logger of a bench's result, and the reader of an earlier run that `--compare-to` compares with.
 
 `mlflow ui --backend-store-uri sqlite:///data/state/mlflow.db` opens it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import ImpetusError
 
 if TYPE_CHECKING:
+    from flows.bench.results import BenchResult
     from pipelines.settings import Settings
+
+Baseline = tuple[str, dict[str, dict[str, float]]]  # a run id, and metrics by configuration
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -37,13 +41,63 @@ class BaselineError(ImpetusError):
 
 ROLE_TAG = "impetus_role"  # "bench" on a benchmark's parent run
 CONFIG_TAG = "impetus_config"  # a configuration's key on each child run
+BASELINE_TAG = "impetus_baseline"  # the run a --compare-to run was compared with
+REGRESSIONS_TAG = "impetus_regressions"
 
 
-def bench_results(
-    settings: Settings, experiment: str, run: str
-) -> tuple[str, dict[str, dict[str, float]]]:
+def log_bench(
+    settings: Settings,
+    result: BenchResult,
+    *,
+    figure: Any = None,
+    baseline: Baseline | None = None,
+) -> BenchResult:
+    """Log `result` as one parent run (params, metrics, results.md/csv/json, the optional plot)
+    with a nested run per configuration; with `baseline`, compare the configurations' metrics
+    (pipelines/evaluation/regression.py, thresholds of settings `bench:`) and log the comparison.
+    Fills in the result's run id and comparison, and returns it."""
+    import mlflow
+
+    from flows.bench.results import to_csv
+
+    if baseline is not None:
+        from pipelines.evaluation import regression
+
+        base_id, base_metrics = baseline
+        current = {c.key: c.metrics for c in result.configs}
+        deltas, notes = regression.compare(current, base_metrics, settings.bench)
+        result.comparison = f"compared with run {base_id}\n\n" + regression.table(deltas, notes)
+        result.baseline_run_id = base_id
+        result.regressions = sum(d.failed for d in deltas)
+        result.notes += notes
+    use_experiment(settings, result.experiment)
+    with mlflow.start_run(run_name=result.run_name, tags={ROLE_TAG: "bench"}) as parent:
+        mlflow.log_params({k: str(v) for k, v in result.params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        for c in result.configs:
+            with mlflow.start_run(run_name=c.key, nested=True, tags={CONFIG_TAG: c.key}):
+                mlflow.log_params({k: str(v) for k, v in c.params.items()})
+                mlflow.log_metrics({k: float(v) for k, v in c.metrics.items()})
+        mlflow.log_text(result.table, "results.md")
+        mlflow.log_text(to_csv(result.rows or [result.metrics]), "results.csv")
+        mlflow.log_dict({"metrics": result.metrics, "rows": result.rows}, "results.json")
+        if figure is not None:
+            mlflow.log_figure(figure, "results.png")
+        if result.comparison is not None:
+            mlflow.log_text(result.comparison, "comparison.md")
+            mlflow.set_tags(
+                {BASELINE_TAG: result.baseline_run_id, REGRESSIONS_TAG: result.regressions}
+            )
+        result.run_id = str(parent.info.run_id)
+    return result
+
+
+def bench_results(settings: Settings, experiment: str, run: str | None) -> Baseline | None:
     """A benchmark run's metrics by configuration: `run` is the run id a bench printed (or one
-    of its configurations' ids) or `latest` (the newest finished one in `experiment`)."""
+    of its configurations' ids) or `latest` (the newest finished one in `experiment`); None for
+    None. Read before the bench starts, so that a wrong id fails at once."""
+    if run is None:
+        return None
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

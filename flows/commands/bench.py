@@ -11,6 +11,7 @@ import typer
 from flows.console import JsonOpt, domain_errors, echo_json, settings
 
 if TYPE_CHECKING:
+    from flows.bench.results import BenchResult
     from pipelines.settings import Settings
 
 app = typer.Typer(
@@ -28,15 +29,32 @@ def _prepare() -> Settings:
     return s
 
 
-def _report(s: Settings, result: dict[str, Any], as_json: bool, where: str) -> None:
-    """The flow's table (or its whole result as JSON) and where its MLflow run and files are."""
+def report(s: Settings, result: BenchResult, as_json: bool) -> None:
+    """The bench's table (or its whole result as JSON), notes, where its MLflow run and files are,
+    the comparison with --compare-to, and exit 3 on a regression."""
     if as_json:
-        echo_json(result)
-        return
-    typer.echo(result["table"])
-    typer.echo(
-        f"\nMLflow run {result['run_id']} ({s.data_dir / 'mlflow.db'}); {where} in {result[where]}"
-    )
+        echo_json(result.to_dict())
+    else:
+        typer.echo(result.table)
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+        db = s.data_dir / "mlflow.db"
+        typer.echo(
+            f"\nMLflow run {result.run_id} ({db}); open it with "
+            f"`uv run mlflow ui --backend-store-uri sqlite:///{db}`"
+        )
+        if result.files:
+            typer.echo(f"files in {result.files}")
+        if result.comparison:
+            typer.echo("\n" + result.comparison)
+    if result.regressions:
+        from flows.console import fail
+
+        raise fail(
+            f"{result.regressions} metric(s) got worse than run {result.baseline_run_id} past "
+            "their thresholds (settings `bench:`)",
+            code=3,
+        )
 
 
 @app.command("serving")
@@ -60,7 +78,7 @@ def bench_serving(
     cfg = BenchConfig.quick_config(ray=ray) if quick else BenchConfig(ray=ray)
     with domain_errors():
         result = flow(cfg)
-    _report(s, result, as_json, "logs")
+    report(s, result, as_json)
 
 
 @app.command("ingest")
@@ -103,7 +121,7 @@ def bench_ingest(
     cfg = BenchConfig(limit, max_chunks, max_tokens, overlap_tokens, rounds, corpus)
     with domain_errors():
         result = flow(cfg)
-    _report(s, result, as_json, "state")
+    report(s, result, as_json)
 
 
 @app.command("structured")
@@ -121,7 +139,7 @@ def bench_structured(
     cfg = StructuredBenchConfig.quick_config() if quick else StructuredBenchConfig()
     with domain_errors():
         result = flow(cfg)
-    _report(s, result, as_json, "logs")
+    report(s, result, as_json)
 
 
 CompareOpt = Annotated[
@@ -132,30 +150,6 @@ CompareOpt = Annotated[
         "with status 3 when a metric got worse past the thresholds of settings `bench:`.",
     ),
 ]
-
-
-def _experiment_report(s: Settings, result: Any, as_json: bool) -> None:
-    """The table, the comparison, where the run is, and exit 3 on a regression."""
-    if as_json:
-        echo_json(result.to_dict())
-    else:
-        typer.echo(result.table)
-        for note in result.notes:
-            typer.echo(f"note: {note}")
-        typer.echo(
-            f"\nMLflow run {result.run_id} ({s.data_dir / 'mlflow.db'}); open it with "
-            f"`uv run mlflow ui --backend-store-uri sqlite:///{s.data_dir / 'mlflow.db'}`"
-        )
-        if result.comparison:
-            typer.echo("\n" + result.comparison)
-    if result.regressions:
-        from flows.console import fail
-
-        raise fail(
-            f"{result.regressions} metric(s) got worse than run {result.baseline_run_id} past "
-            "their thresholds (settings `bench:`)",
-            code=3,
-        )
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -207,8 +201,8 @@ def bench_embeddings(
         if path is not None and not path.exists():
             raise fail(f"{what} {path}: no such file or folder")
     s = _prepare()
-    from flows.bench.models import EmbeddingBenchConfig
-    from flows.bench.models import bench_embeddings as flow
+    from flows.bench.embeddings import EmbeddingBenchConfig
+    from flows.bench.embeddings import bench_embeddings as flow
 
     kw: dict[str, Any] = {"models": tuple(model or ()), "compare_to": compare_to}
     cfg = EmbeddingBenchConfig.quick_config(**kw) if quick else EmbeddingBenchConfig(**kw)
@@ -220,7 +214,7 @@ def bench_embeddings(
         cfg.corpus = str(corpus)
     with domain_errors():
         result = flow(cfg)
-    _experiment_report(s, result, as_json)
+    report(s, result, as_json)
 
 
 @app.command("llm")
@@ -268,8 +262,8 @@ def bench_llm(
     if text is not None and not text.is_file():
         raise fail(f"--text {text}: no such file")
     s = _prepare()
-    from flows.bench.models import LLMBenchConfig
-    from flows.bench.models import bench_llm as flow
+    from flows.bench.llm import LLMBenchConfig
+    from flows.bench.llm import bench_llm as flow
 
     kw: dict[str, Any] = {
         "model": model,
@@ -282,4 +276,4 @@ def bench_llm(
     cfg = LLMBenchConfig.quick_config(**kw) if quick else LLMBenchConfig(**kw)
     with domain_errors():
         result = flow(cfg)
-    _experiment_report(s, result, as_json)
+    report(s, result, as_json)

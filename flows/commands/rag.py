@@ -202,6 +202,7 @@ def eval_retrieval(
     from flows.console import _State
 
     prefect_env(s, _State.verbose)
+    from flows.commands.bench import report
     from flows.eval_retrieval import eval_retrieval as flow
     from pipelines.evaluation.retrieval import DatasetError
 
@@ -210,11 +211,7 @@ def eval_retrieval(
             result = flow(str(dataset.resolve()), collection)
     except DatasetError as e:
         raise fail(str(e)) from None
-    if as_json:
-        echo_json(result)
-        return
-    typer.echo(result["table"])
-    typer.echo(f"\nMLflow run {result['mlflow_run_id']} ({s.data_dir / 'mlflow.db'})")
+    report(s, result, as_json)
 
 
 def bench_retrieval(
@@ -230,11 +227,8 @@ def bench_retrieval(
     prefect_env(s, _State.verbose)
     from flows.bench.retrieval import RetrievalBenchConfig
     from flows.bench.retrieval import bench_retrieval as flow
+    from flows.commands.bench import report
 
     with domain_errors():
         result = flow(RetrievalBenchConfig(chunks=chunks, queries=queries))
-    if as_json:
-        echo_json(result)
-        return
-    typer.echo(result["table"])
-    typer.echo(f"\nMLflow run {result['mlflow_run_id']} ({s.data_dir / 'mlflow.db'})")
+    report(s, result, as_json)

@@ -17,13 +17,11 @@ anything is queued.
 JSON is generated without optional whitespace: a small model given the freedom of
 `[ \\t\\n]*` tends to spend its token budget on it.
 
-Why llguidance (measured on this 2-core x86 CPU with SmolLM2's 49k-token tokenizer, for the same
-schema and document): a per-token mask in ~36 us mean
-(outlines-core 0.2: ~48 us) and a schema compiled in ~1.4 ms (outlines-core builds its index in
-~350 ms per schema, so it needs a compile cache); arbitrary JSON (`json_object`) and a Lark
-grammar with inline `%json` schemas (the tool-call syntax around the arguments) in one format,
-which outlines-core's regexes cannot express; GIL released while computing masks; no torch
-(xgrammar's package requires it, so it was not measured here).
+Why llguidance: a per-token mask and a schema compile fast enough to need no compile cache
+(outlines-core builds an index per schema); arbitrary JSON (`json_object`) and a Lark grammar
+with inline `%json` schemas (the tool-call syntax around the arguments) in one format, which
+outlines-core's regexes cannot express; GIL released while computing masks; no torch (xgrammar's
+package requires it). The structured-output bench (flows/bench/structured.py) measures its cost.
 """
 
 from __future__ import annotations

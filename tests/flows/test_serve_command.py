@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from flows.bench.server import cpu_seconds, free_port, launch, serve_argv, tail
 from tests.serving.servers import real_engine_available
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.slow
@@ -38,46 +22,25 @@ def test_serve_is_live_fast_and_ready_once_the_model_loads(
     # empty one, where loading fails and /ready must stay 503 with the reason.
     data_dir = ready_models_dir.parent if ready_models_dir.name == "models" else tmp_path
     expect_ready = data_dir != tmp_path and real_engine_available()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "IMPETUS_DATA_DIR": str(data_dir), "IMPETUS_LOG__LEVEL": "warning"}
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        live_after = None
-        while time.monotonic() - started < 30 and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/api/health/live", timeout=1).status_code == 200:
-                    live_after = time.monotonic() - started
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        assert live_after is not None, "serve never answered /api/health/live"
+    with launch(
+        "serve", serve_argv(port), env, port=port, log_dir=tmp_path, ready_path=None, timeout_s=30
+    ) as server:
+        live_after = server.live_s
         # The goal is < 10 s of wall time. On a shared CI box wall time measures the neighbours,
         # so the assertion is on the CPU time the server spent getting there (Linux /proc).
-        cpu = _cpu_seconds(proc.pid)
-        assert cpu is None or cpu < 10, f"live after {live_after:.1f} s, {cpu:.1f} s of CPU"
+        cpu = cpu_seconds(server.proc.pid)
+        assert math.isnan(cpu) or cpu < 10, f"live after {live_after:.1f} s, {cpu:.1f} s of CPU"
         if os.getloadavg()[0] < (os.cpu_count() or 1):
             assert live_after < 10, f"live after {live_after:.1f} s"
-        r = httpx.get(f"{url}/api/health/ready", timeout=5)
+        r = httpx.get(f"{server.url}/api/health/ready", timeout=5)
         deadline = time.monotonic() + 120
         while expect_ready and r.status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
-            r = httpx.get(f"{url}/api/health/ready", timeout=5)
+            r = httpx.get(f"{server.url}/api/health/ready", timeout=5)
         if expect_ready:
             assert r.status_code == 200, r.text
         else:
             assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_loaded"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    assert server.proc.returncode == 0, tail(server.log)

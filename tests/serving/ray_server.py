@@ -3,27 +3,23 @@
 One server per test session (Ray starts slowly: about a minute on a loaded 2-core machine). It
 deploys configs/serve.yaml with the test collaborators of ray_support.py (the fake models of
 servers.FAKE_LLMS get their own LLM deployments, so fake engines run inside real Serve), on a
-free port, with the same serve settings as the in-process server. The process runs in its own
-session and is stopped with SIGINT (Serve and Ray shut down), then killed if it lingers.
+free port, with the same serve settings as the in-process server. flows/bench/server.py starts
+and stops the process.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
+from flows.bench.server import READY, Server, ServerStartError, free_port, launch
 from pipelines.settings import PROJECT_ROOT, load_settings
 from tests.serving.servers import FAKE_LLMS, RunningServer
 
@@ -36,12 +32,6 @@ SERVE_ENV = {
     "IMPETUS_SERVE__IDLE_TTL_S": "0",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_serve_config(path: Path, port: int, *, fakes: bool = True, **args: Any) -> Path:
@@ -74,61 +64,33 @@ def state_dir(tmp: Path, models_dir: Path) -> Path:
 
 
 @contextmanager
-def server_process(
-    argv: list[str], env: dict[str, str], url: str, log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `argv` in its own session until `url`/api/health/ready answers 200; SIGINT at exit."""
+def server_process(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[Server]:
+    """Run `argv` until its /api/health/ready answers 200 on `port`; stop it at exit."""
     for attempt in (1, 2):
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv,
-                cwd=PROJECT_ROOT,
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                try:
-                    wait_ready(proc, url, log_path)
-                except RuntimeError:
-                    # Ray gives its raylet a fixed 30 s to register: retry once on a busy machine.
-                    if attempt == 1 and "timed out during startup" in _tail(log_path, 100_000):
-                        continue
-                    raise
-                yield proc
-                return
-            finally:
-                stop_process(proc)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({proc.returncode}):\n{_tail(log_path)}")
+        stack = ExitStack()
         try:
-            if httpx.get(f"{url}/api/health/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} was not ready after {READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 90.0) -> None:
-    """SIGINT (Serve and Ray shut down cleanly), then SIGKILL to the process group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    return path.read_bytes()[-n:].decode(errors="replace")
+            server = stack.enter_context(
+                launch(
+                    log.stem,
+                    argv,
+                    {**os.environ, **env},
+                    port=port,
+                    log_dir=log.parent,
+                    live_path=READY,
+                    ready_path=None,
+                    timeout_s=READY_TIMEOUT_S,
+                    grace_s=90,
+                    cwd=PROJECT_ROOT,
+                )
+            )
+        except ServerStartError:
+            # Ray gives its raylet a fixed 30 s to register: retry once on a busy machine.
+            if attempt == 1 and "timed out during startup" in log.read_text(errors="replace"):
+                continue
+            raise
+        with stack:
+            yield server
+        return
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +106,7 @@ def ray_server(
     argv += ["--host", "127.0.0.1", "--port", str(port), "--serve-config", str(config)]
     url = f"http://127.0.0.1:{port}"
     settings = load_settings()
-    with server_process(argv, env, url, tmp / "server.log"):
+    with server_process(argv, env, port, tmp / "server.log"):
         yield RunningServer(
             mode="ray",
             base_url=url,

@@ -35,7 +35,7 @@ def test_bench_logs_an_mlflow_run_with_its_metrics(data_dir: Path, tmp_path: Pat
     )
     result = bench_ingest(cfg)
 
-    m = result["metrics"]
+    m = result.metrics
     assert m["documents"] == 5 and m["failed_direct"] == m["failed_flow"] == 0
     assert m["chunks"] >= 5
     # Each step is one task run per batch of two: groups of 3 and 2 documents make 3 batches.
@@ -46,10 +46,10 @@ def test_bench_logs_an_mlflow_run_with_its_metrics(data_dir: Path, tmp_path: Pat
         assert m[f"{side}_embed_s"] > 0 and m[f"{side}_parse_s"] > 0
         shares = sum(m[f"{side}_{step}_share"] for step in (*STEPS, "unaccounted"))
         assert shares == pytest.approx(1.0)
-    assert "flow overhead" in result["table"] and "2 documents a batch" in result["table"]
+    assert "flow overhead" in result.table and "2 documents a batch" in result.table
 
     mlflow.set_tracking_uri(tracking_uri(get_settings()))
-    run = mlflow.get_run(result["run_id"])
+    run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["flow_overhead_pct"] == pytest.approx(m["flow_overhead_pct"])
     assert run.data.params["max_tokens"] == "64"

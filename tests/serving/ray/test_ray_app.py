@@ -356,7 +356,7 @@ def test_serve_run_runs_configs_serve_yaml(
         env["LD_PRELOAD"] = preload
     serve_cli = str(Path(sys.executable).parent / "serve")
     url = f"http://127.0.0.1:{port}"
-    with server_process([serve_cli, "run", str(config)], env, url, tmp_path / "serve.log"):
+    with server_process([serve_cli, "run", str(config)], env, port, tmp_path / "serve.log"):
         r = httpx.post(
             f"{url}/v1/chat/completions",
             json={

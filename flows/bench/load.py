@@ -1,0 +1,99 @@
+"""Load on a server under test: the SSE stream reader and bursts of concurrent streams, shared by
+`impetus bench serving` and `impetus bench structured`. Load goes only to the servers a bench
+started on 127.0.0.1, in fixed numbers of requests with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from flows.bench.server import Server
+
+REQUEST_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Burst:
+    """What one burst of concurrent streams did."""
+
+    concurrency: int
+    requests: int
+    completion_tokens: int
+    wall_s: float
+    ttft_ms: list[float] = field(default_factory=list)
+    # Requests that failed, by exception name (a server that falls over is a result, not a crash).
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    stream_tokens: list[int] = field(default_factory=list)  # completion tokens of each stream
+
+    @property
+    def errors(self) -> int:
+        return sum(self.error_kinds.values())
+
+    @property
+    def tps(self) -> float:
+        return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+async def stream_request(
+    client: httpx.AsyncClient, server: Server, path: str, body: dict[str, Any]
+) -> tuple[float, int]:
+    """One streamed request: (TTFT in ms, completion tokens from the usage chunk)."""
+    body = {**body, "model": server.model, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    started = time.perf_counter()
+    ttft = float("nan")
+    tokens = 0
+    async with client.stream("POST", server.url + path, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{server.name} answered {r.status_code}: {await r.aread()!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("error"):
+                raise RuntimeError(f"{server.name} failed mid-stream: {chunk['error']}")
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or choice.get("text")
+                if piece and ttft != ttft:  # first non-empty piece
+                    ttft = (time.perf_counter() - started) * 1000
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+    return ttft, tokens
+
+
+async def burst(
+    server: Server,
+    streams: Sequence[Sequence[dict[str, Any]]],
+    path: str = "/v1/chat/completions",
+    timeout_s: float = REQUEST_TIMEOUT_S,
+) -> Burst:
+    """One stream per entry of `streams`, all at once, each sending its request bodies back to
+    back; a failed request is counted by exception name and ends its stream."""
+    result = Burst(len(streams), 0, 0, 0.0, stream_tokens=[0] * len(streams))
+    limits = httpx.Limits(max_connections=len(streams) + 2)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+
+        async def stream(i: int) -> None:
+            for body in streams[i]:
+                try:
+                    ttft, tokens = await stream_request(client, server, path, body)
+                except (httpx.HTTPError, RuntimeError) as exc:
+                    kind = type(exc).__name__
+                    result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+                    return
+                result.ttft_ms.append(ttft)
+                result.completion_tokens += tokens
+                result.stream_tokens[i] += tokens
+                result.requests += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(stream(i) for i in range(len(streams))))
+        result.wall_s = time.perf_counter() - started
+    return result
