@@ -43,7 +43,8 @@ def _root(
     set_verbose(verbose)
 
 
-if __name__ == "__main__":
-    from flows.launch import main
+if __name__ == "__main__":  # `python -m flows.cli ...`, as the console script runs
+    from flows.process import prepare
 
-    main()
+    prepare()
+    app(prog_name="impetus")

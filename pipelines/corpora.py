@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipelines.errors import ImpetusError
+
 PACKAGE = "python3.11-doc"
 DOC_ROOT = Path("usr/share/doc/python3.11/html")
 DATASET = Path(__file__).resolve().parents[1] / "data" / "eval" / "python-docs.jsonl"
@@ -31,7 +33,7 @@ DISTRACTOR_MAX_CHARS = 10_000
 _TAG = re.compile(r"<[^>]+>")
 
 
-class CorpusError(RuntimeError):
+class CorpusError(ImpetusError, RuntimeError):
     """The corpus could not be fetched; the message says what to install or do."""
 
 

@@ -447,6 +447,70 @@ class Lineage:
             ).fetchall()
         ]
 
+    # --- reads ---------------------------------------------------------------------------------
+
+    def runs(self, *, run_id: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        """The last `limit` runs, newest first (or the one `run_id`): collection, status,
+        pipeline version, start and end, and the run's summary."""
+        sql = (
+            "SELECT run_id, collection, status, pipeline_version, started_at, finished_at, counts "
+            "FROM runs"
+        )
+        args: list[Any] = []
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            args.append(run_id)
+        sql += " ORDER BY started_at DESC LIMIT ?"
+        args.append(limit)
+        out = []
+        for rid, coll, status, version, started, finished, counts in self.db.execute(
+            sql, args
+        ).fetchall():
+            out.append(
+                {
+                    "run_id": rid,
+                    "collection": coll,
+                    "status": status,
+                    "pipeline_version": version,
+                    "started_at": str(started) if started else None,
+                    "finished_at": str(finished) if finished else None,
+                    "summary": json.loads(counts) if isinstance(counts, str) else counts,
+                }
+            )
+        return out
+
+    def pipeline_versions(self) -> dict[str, str]:
+        """Physical collection -> the pipeline version of its latest run."""
+        rows = self.db.execute(
+            "SELECT collection, arg_max(pipeline_version, started_at) FROM runs GROUP BY collection"
+        ).fetchall()
+        return {c: v for c, v in rows}
+
+    def content_hashes(self, collection: str) -> dict[str, str]:
+        """doc_id -> the content hash currently indexed, for the documents not deleted."""
+        rows = self.db.execute(
+            "SELECT doc_id, content_hash FROM documents WHERE collection = ? AND NOT deleted",
+            [collection],
+        ).fetchall()
+        return {d: h for d, h in rows}
+
+    def documents(self, source_suffix: str = "") -> list[dict[str, Any]]:
+        """Document rows (collection, doc_id, source, content_hash, deleted) whose source ends
+        with `source_suffix`."""
+        return self._dicts(
+            "SELECT collection, doc_id, source, content_hash, deleted FROM documents "
+            "WHERE source LIKE ? ORDER BY source",
+            ["%" + source_suffix],
+        )
+
+    def point_history(self, doc_id: str) -> list[dict[str, Any]]:
+        """Every point ever written for a document's chunks: content_hash, written_at, deleted_at."""
+        return self._dicts(
+            "SELECT c.content_hash, p.written_at, p.deleted_at FROM points p "
+            "JOIN chunks c ON c.chunk_id = p.chunk_id WHERE c.doc_id = ?",
+            [doc_id],
+        )
+
     # --- trace ---------------------------------------------------------------------------------
 
     def trace(self, chunk_id_or_path: str, collection: str | None = None) -> list[dict[str, Any]]:

@@ -35,20 +35,15 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-import numpy as np
 from prefect import flow
 
 from flows.bench.results import BenchResult, machine, split_by_prefix
-
-if TYPE_CHECKING:
-    from pipelines.records import Chunk, SourceDocument
-    from pipelines.settings import Settings
 
 EXPERIMENT = "ingest-bench"
 COLLECTION = "bench"
@@ -69,7 +64,6 @@ TASK_STEP = {
     "mark-deleted": "lineage",
     "prune": "lineage",
 }
-T = TypeVar("T")
 
 
 @dataclass
@@ -160,98 +154,19 @@ def side_env(cfg: BenchConfig, data_dir: Path, models: Path) -> dict[str, str]:
 
 
 def direct_ingest(paths: Sequence[str], collection: str, side: Side) -> None:
-    """What the `ingest` flow does, step for step, as plain calls, timed into `side.steps`."""
-    from pipelines import quality
-    from pipelines.chunk import chunk_document
-    from pipelines.discover import discover_documents
-    from pipelines.embed.dispatch import load_embedder
-    from pipelines.lineage import Lineage
-    from pipelines.parse import parse_document
+    """The `ingest` flow's pipeline function with Prefect off (each step a plain call), its steps
+    timed into `side.steps` by the same task names the flow side reads back."""
+    from flows.ingest.flow import IngestInputs, run_ingest
     from pipelines.settings import get_settings
-    from pipelines.vectorstore import create_store, prepare_collection, upsert_chunks
-    from pipelines.version import pipeline_version, version_inputs
 
-    def timed(step: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            side.steps[step] += time.perf_counter() - t
+    def timed(task_name: str, seconds: float) -> None:
+        side.steps[TASK_STEP.get(task_name, "other")] += seconds
 
-    s = get_settings()
-    found = timed("other", discover_documents, paths)
-    store = create_store(s)
-    lineage = Lineage.open(s)
-    try:
-        emb = timed("other", load_embedder, s)
-        v = pipeline_version(s, emb)
-        physical = prepare_collection(store, collection, emb.dim, v)
-        run_id = f"direct-{time.time_ns()}"
-        lineage.start_run(run_id, physical, v, version_inputs(s, emb))
-        states = timed("lineage", lineage.classify, physical, found.documents, v)
-        todo = [d for d in found.documents if states[d.doc_id] != "unchanged"]
-        size = s.ingest.batch_documents
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
-            # As the flow does: each document parsed, chunked and checked, then one embed call for
-            # the batch, its vectors checked per document, one intent, one upsert, a commit each.
-            ok: list[tuple[SourceDocument, list[Chunk], list[dict[str, Any]]]] = []
-            for doc in batch:
-                q: list[dict[str, Any]] = []
-                try:
-                    parsed = timed("parse", parse_document, doc)
-                    chunks = timed("chunk", chunk_document, parsed, emb, s, v)
-                    r = timed("quality", quality.check_chunks, chunks, emb.max_seq_length)
-                    q.append({"stage": "chunks", **r.to_dict()})
-                    if not r.passed:
-                        raise ValueError(r.reason)
-                    ok.append((doc, chunks, q))
-                except Exception as e:  # as the flow does: the document fails alone
-                    lineage.record_failure(run_id, physical, doc, v, "failed", str(e), q)
-                    side.failed += 1
-            if not ok:
-                continue
-            texts = [c.text for _, chunks, _ in ok for c in chunks]
-            vectors = timed("embed", emb.encode, texts, batch_size=s.embedding.batch_size).vectors
-            ends = np.cumsum([len(chunks) for _, chunks, _ in ok])[:-1]
-            good = []
-            for (doc, chunks, q), vecs in zip(ok, np.split(vectors, ends), strict=True):
-                r = timed("quality", quality.check_vectors, chunks, vecs, emb.dim)
-                q.append({"stage": "vectors", **r.to_dict()})
-                if r.passed:
-                    good.append((doc, chunks, q, vecs))
-                else:
-                    lineage.record_failure(run_id, physical, doc, v, "quarantined", r.reason, q)
-                    side.failed += 1
-            if not good:
-                continue
-            all_chunks = [c for _, chunks, _, _ in good for c in chunks]
-            all_vectors = np.concatenate([vecs for *_, vecs in good])
-            timed("lineage", lineage.record_chunks, run_id, physical, all_chunks, v)
-            timed("upsert", upsert_chunks, store, physical, all_chunks, all_vectors, v)
-            for doc, chunks, q, _ in good:
-                ids = [c.chunk_id for c in chunks]
-                timed("lineage", lineage.record_indexed, run_id, physical, doc, v, ids, q)
-            side.docs += len(good)
-            side.chunks += len(all_chunks)
-        stale = timed("lineage", lineage.stale_points, physical)
-        if stale:
-            timed("other", store.delete, physical, stale)
-            timed("lineage", lineage.mark_deleted, physical, stale)
-        timed("other", _sparse_index, store, physical, s)
-        lineage.finish_run(run_id, "completed", {})
-    finally:
-        lineage.close()
-        store.close()
-
-
-def _sparse_index(store: Any, physical: str, settings: Settings) -> None:
-    """The BM25 index the flow builds at the end of a run (when the retriever exists)."""
-    try:
-        from pipelines.retrieve import Retriever
-    except ImportError:
-        return
-    Retriever(store, settings.rag, data_dir=settings.data_dir).build_sparse_index(physical)
+    inputs = IngestInputs(get_settings(), tasks=False, on_step=timed)
+    summary = run_ingest(inputs, list(paths), collection, False, run_id=f"direct-{time.time_ns()}")
+    side.docs += summary["documents"]["new"] + summary["documents"]["changed"]
+    side.chunks += summary["chunks_embedded"]
+    side.failed += summary["documents"]["failed"]
 
 
 # -- the flow side -------------------------------------------------------------------------------

@@ -127,13 +127,18 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc; NaN elsewhere). Less sensitive than
-    wall time to what else runs on a shared machine."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a running process (/proc on Linux, else `ps -o time=`): less
+    sensitive than wall time to what else runs on a shared machine."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.is_file():
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    out = subprocess.run(["ps", "-o", "time=", "-p", str(pid)], capture_output=True, text=True)
+    days, _, clock = out.stdout.strip().rpartition("-")
+    seconds = 0.0
+    for part in clock.split(":"):  # [[hh:]mm:]ss[.ff]
+        seconds = seconds * 60 + float(part)
+    return seconds + 86400 * int(days or 0)
 
 
 def bench_env(settings: Settings, **extra: str) -> dict[str, str]:

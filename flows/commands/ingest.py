@@ -8,13 +8,15 @@ local server for the run (SQLite under that home, offline) and stops it at exit.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from flows.console import JsonOpt, domain_errors, echo_json, fail, progress, settings
+from flows.prefect_env import prefect_env
+
+__all__ = ["ingest", "lineage", "prefect_env", "reindex"]
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -22,16 +24,6 @@ if TYPE_CHECKING:
 CollectionOpt = Annotated[
     str, typer.Option("--collection", "-c", help="Collection (an alias of its current version).")
 ]
-
-
-def prefect_env(s: Settings, verbose: bool = False) -> None:
-    """Point Prefect at data_dir before it is imported (its settings are read at import)."""
-    home = Path(os.environ.setdefault("PREFECT_HOME", str(s.data_dir / "prefect")))
-    home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
-    # The temporary server imports Prefect's whole API; on a busy laptop that takes a while.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if not verbose and s.log.level != "debug":
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def _run(flow_name: str, **params: Any) -> dict[str, Any]:
@@ -42,14 +34,13 @@ def _run(flow_name: str, **params: Any) -> dict[str, Any]:
     if not _State.verbose:
         # Great Expectations logs every fluent-API registration at info.
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from flows.ingest import flow as flows_ingest
+    from flows.ingest.flow import IngestInputs, ingest_flow, reindex_flow
 
     with domain_errors(), progress(flow_name) as update:
-        flows_ingest.on_progress(update)
-        try:
-            return getattr(flows_ingest, flow_name)(**params)
-        finally:
-            flows_ingest.on_progress(None)
+        inputs = IngestInputs.from_settings(s)
+        inputs.progress = update
+        flow = {"ingest": ingest_flow, "reindex": reindex_flow}[flow_name](inputs)
+        return flow(**params)
 
 
 def ingest(

@@ -177,10 +177,12 @@ async def _chat_in_process(s: Settings, payload: dict[str, Any]) -> tuple[int, d
     """The server's app, run in this process and called without a socket."""
     import httpx
 
+    from flows.ingest.runner import PrefectIndexRunner
     from serving.engine.manager import ModelManager, mlx_engine_factory
     from serving.http.app import create_app
 
-    app = create_app(s, manager=ModelManager.from_settings(s, mlx_engine_factory(s)))
+    manager = ModelManager.from_settings(s, mlx_engine_factory(s))
+    app = create_app(s, manager=manager, index_runner=PrefectIndexRunner(s))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://impetus") as client:
@@ -198,8 +200,8 @@ def eval_retrieval(
     s = settings()
     if not dataset.is_file():
         raise fail(f"no such dataset: {dataset}")
-    from flows.commands.ingest import prefect_env
     from flows.console import _State
+    from flows.prefect_env import prefect_env
 
     prefect_env(s, _State.verbose)
     from flows.commands.bench import report
@@ -221,8 +223,8 @@ def bench_retrieval(
 ) -> None:
     """Search latency (p50/p95) of dense, sparse and hybrid over synthetic chunks; to MLflow."""
     s = settings()
-    from flows.commands.ingest import prefect_env
     from flows.console import _State
+    from flows.prefect_env import prefect_env
 
     prefect_env(s, _State.verbose)
     from flows.bench.retrieval import RetrievalBenchConfig

@@ -8,13 +8,15 @@ app and engine as Ray Serve deployments (serving/ray/deployments.py).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from flows.console import domain_errors, fail, settings
+
+# The runner of POST /v1/rag/index that the Ray ingress imports (it cannot import flows itself).
+INDEX_RUNNER = "flows.ingest.runner:PrefectIndexRunner"
 
 
 def serve(
@@ -44,23 +46,27 @@ def serve(
         if entry.kind != "llm":
             raise fail(f"{model!r} is an {entry.kind} model; --model takes an LLM.")
     if ray:
-        if importlib.util.find_spec("serving.ray.deployments") is None:
-            raise fail(
-                "Ray Serve mode is not available in this installation (serving/ray/deployments.py)."
-            )
         from serving.ray import deployments as ray_app
 
         with domain_errors():
-            ray_app.run(s, host=host, port=port, model=model, serve_config=serve_config)
+            ray_app.run(
+                s,
+                host=host,
+                port=port,
+                model=model,
+                serve_config=serve_config,
+                index_runner=INDEX_RUNNER,
+            )
         return
 
     import uvicorn
 
+    from flows.ingest.runner import PrefectIndexRunner
     from serving.engine.manager import ModelManager, mlx_engine_factory
     from serving.http.app import create_app
 
     manager = ModelManager.from_settings(s, mlx_engine_factory(s), default_model=model)
-    app = create_app(s, manager=manager, preload_default=True)
+    app = create_app(s, manager=manager, index_runner=PrefectIndexRunner(s), preload_default=True)
     typer.secho(
         f"Impetus serving on http://{host}:{port}/v1 (default model {manager.default_model}; "
         f"ready when GET /api/health/ready answers 200)",

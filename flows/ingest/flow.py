@@ -23,7 +23,7 @@ document at a time to find the one at fault). A document that fails (corrupt fil
 or is quarantined (its suite's failures) leaves the batch alone, and is recorded at the batch's
 end. Tasks doing I/O retry transient errors (`TRANSIENT`: any error that is not a domain error);
 a retry gets the same `Outcomes` and redoes only the documents not yet done, and every write is
-idempotent anyway (deterministic ids, upserts).
+idempotent anyway (deterministic ids, upserts). Both live in flows/ingest/retries.py.
 
 Order per changed document: lineage intent (chunks, points to be written) → upsert the new points
 → lineage commit (the document's current version moves); in a batch every document's intent
@@ -36,30 +36,33 @@ A batch's parsed elements, chunks and settings go to the tasks wrapped in `quote
 otherwise walks every argument, element by element, looking for upstream futures (there are none:
 tasks are called, not submitted).
 
-Test hook: `IMPETUS_TEST_CRASH_AT=<step>[:N]` SIGKILLs the process the N-th time (default first)
-the flow reaches <step> (the per-document steps are reached once per batch, so `parse:2` is the
-start of the second batch), one of: discover, load_embedder, parse, chunk, check_chunks, embed,
-check_vectors, record_chunks, upsert, record, prune, find_stale, delete, mark_deleted, switch,
-finish. Tests use it to prove crash safety; it does nothing unless set.
+Inputs: the flows `ingest(paths, collection, prune)` and `reindex(collection)` take JSON-able
+parameters only (deployments, the Prefect UI); what a run works with beyond them is an explicit
+`IngestInputs` (settings, the store to use or None to open its own, a progress callback, the
+crash hook of flows/ingest/crash.py) that the flow builds from the process settings, and that
+`run_ingest`/`run_reindex`, the plain functions the flows call, receive. A caller with inputs of
+its own (the server's index runner with its open store, the CLI with its progress bar) runs
+`ingest_flow(inputs)`, the same flow over those inputs; `impetus bench ingest` calls
+`run_ingest` with `tasks=False`: the same steps as plain calls, no Prefect.
 """
 
 from __future__ import annotations
 
 import os
-import signal
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from prefect import flow, task
+from prefect import Flow, flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
+
+from flows.ingest.crash import CrashHook, crash_hook, no_crash
+from flows.ingest.retries import TRANSIENT, Outcomes
 
 if TYPE_CHECKING:
     from pipelines.discover import Discovery
@@ -70,22 +73,35 @@ if TYPE_CHECKING:
     from pipelines.settings import Settings
     from pipelines.vectorstore import VectorStore
 
-
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry unless the error is a domain error (corrupt file, locked store): those stay."""
-    from pipelines.errors import ImpetusError
-
-    return not isinstance(state.data, ImpetusError)
+ProgressFn = Callable[[str, int, int], None]
+StepFn = Callable[[str, float], None]
 
 
-# Where failures can be transient (store and database I/O, a file still being written): three
-# retries at about 0.5 s, 1 s, 2 s, each ±50 % jitter so that retrying workers do not line up.
-TRANSIENT: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=0.5),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": _transient,
-}
+@dataclass
+class IngestInputs:
+    """What an ingest or reindex run works with besides its parameters, passed in, never found."""
+
+    settings: Settings
+    # An open store to write to (its owner, a server, closes it); None: the run opens its own.
+    store: VectorStore | None = None
+    # `progress(label, done, total)` as documents finish (the CLI's bar, a server's run record).
+    progress: ProgressFn | None = None
+    # Called with each step's name as the run reaches it (flows/ingest/crash.py).
+    crash: CrashHook = no_crash
+    # True: each step is a Prefect task run (call inside a flow run); False: a plain call.
+    tasks: bool = True
+    # `on_step(task name, seconds)` after each step (the ingest benchmark's step times).
+    on_step: StepFn | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestInputs:
+        """The inputs of a flow run started with parameters only (CLI, deployment, worker)."""
+        return cls(settings, crash=crash_hook())
+
+    def report(self, label: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(label, done, total)
+
 
 # --- tasks: one call into pipelines/ each -----------------------------------------------------
 
@@ -112,76 +128,6 @@ def classify(
 ) -> dict[str, str]:
     """new | changed | unchanged per document, from lineage."""
     return dict(lineage.classify(collection, docs, version))
-
-
-# --- per-document outcomes of a batch task ------------------------------------------------------
-
-K = TypeVar("K")
-R = TypeVar("R")
-
-
-class UnfinishedBatch(Exception):
-    """A batch task left documents failed in a way that may pass on a retry (not a domain error)."""
-
-
-def _domain(error: BaseException | None) -> bool:
-    from pipelines.errors import ImpetusError
-
-    return isinstance(error, ImpetusError)
-
-
-@dataclass
-class Outcomes(Generic[R]):
-    """What a batch task did per document (keyed by doc id): a result for each one that went
-    through, the error for each one that did not. A document's failure never fails the others.
-
-    The flow hands each batch task an empty one (as is, never copied) and keeps it. A Prefect
-    retry calls the task again with the same object, so a retry redoes only the documents not
-    yet done and not failed for good (a domain error, such as a corrupt file, is final); once the
-    retries are spent, the flow still reads what was done and why the rest failed."""
-
-    ok: dict[str, R] = field(default_factory=dict)
-    errors: dict[str, Exception] = field(default_factory=dict)
-
-    def pending(self, keys: Iterable[str]) -> list[str]:
-        return [k for k in keys if k not in self.ok and not _domain(self.errors.get(k))]
-
-    def each(self, items: dict[str, K], fn: Callable[[K], R]) -> None:
-        """`fn` on each pending item, one document at a time."""
-        for key in self.pending(items):
-            try:
-                self.ok[key] = fn(items[key])
-            except Exception as e:
-                self.errors[key] = e
-            else:
-                self.errors.pop(key, None)
-
-    def whole_or_each(
-        self, items: dict[str, K], whole: Callable[[list[K]], list[R]], one: Callable[[K], R]
-    ) -> None:
-        """`whole` on all pending items in one call; if that raises, `one` on each, so that the
-        document at fault fails alone and the others still go through."""
-        keys = self.pending(items)
-        if not keys:
-            return
-        try:
-            results = whole([items[k] for k in keys])
-        except Exception:
-            self.each({k: items[k] for k in keys}, one)
-            return
-        for key, result in zip(keys, results, strict=True):
-            self.ok[key] = result
-            self.errors.pop(key, None)
-
-    def settle(self) -> Outcomes[R]:
-        """Raise while a document failed in a way that may pass (so that Prefect retries)."""
-        transient = [(k, e) for k, e in self.errors.items() if not _domain(e)]
-        if transient:
-            key, error = transient[0]
-            raise UnfinishedBatch(
-                f"{len(transient)} document(s) failed, first {key}: {type(error).__name__}: {error}"
-            ) from error
-        return self
 
 
 # --- tasks: one call into pipelines/ each, over one batch of documents -------------------------
@@ -371,8 +317,7 @@ def sparse_index(store: VectorStore, physical: str, settings: Settings, changed:
 @task(name="optimize", cache_policy=NO_CACHE, **TRANSIENT)
 def optimize(store: VectorStore, physical: str) -> bool:
     """Build the vector index now where the store does not on its own (Qdrant Edge)."""
-    run = getattr(store, "optimize", None)
-    return bool(run(physical)) if run is not None else False
+    return store.optimize(physical)
 
 
 @task(name="drop-collection", cache_policy=NO_CACHE, **TRANSIENT)
@@ -381,69 +326,20 @@ def drop_collection(store: VectorStore, physical: str) -> None:
     store.drop_collection(physical)
 
 
-# --- progress and the crash hook ----------------------------------------------------------------
-
 T = TypeVar("T")
-ProgressFn = Callable[[str, int, int], None]
-_progress: list[ProgressFn] = []
 
 
-def on_progress(fn: ProgressFn | None) -> None:
-    """Register `fn(label, done, total)`, called as documents finish (the CLI's progress bar)."""
-    _progress[:] = [fn] if fn else []
-
-
-def _report(label: str, done: int, total: int) -> None:
-    for fn in _progress:
-        fn(label, done, total)
-
-
-_reached: Counter[str] = Counter()
-
-
-def _crash_point(step: str) -> None:
-    """Test hook (see the module docstring): SIGKILL at IMPETUS_TEST_CRASH_AT=<step>[:N]."""
-    target = os.environ.get("IMPETUS_TEST_CRASH_AT")
-    if not target:
-        return
-    name, _, nth = target.partition(":")
-    if name != step:
-        return
-    _reached[step] += 1
-    if _reached[step] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# --- the process that owns the store -----------------------------------------------------------
-
-# A server that owns the embedded store (one writer) runs the flows inside itself with its own
-# settings and its open store, instead of the process settings and a store of their own.
-_bound: ContextVar[tuple[Settings, VectorStore] | None] = ContextVar(
-    "impetus_ingest_bound", default=None
-)
-
-
-@contextmanager
-def bound(settings: Settings, store: VectorStore) -> Iterator[None]:
-    """Run the flows called inside this block with `settings` and the already open `store`."""
-    token = _bound.set((settings, store))
+def _step(inputs: IngestInputs, task: Any, *args: Any) -> Any:
+    """One step: a task run whose arguments Prefect hands over as they are (`quote`: never walked
+    for upstream futures, there are none), or, with `tasks=False`, the task's function alone."""
+    t = time.perf_counter()
     try:
-        yield
+        if inputs.tasks:
+            return task(*(quote(a) for a in args))
+        return task.fn(*args)
     finally:
-        _bound.reset(token)
-
-
-def _settings() -> Settings:
-    from pipelines.settings import get_settings
-
-    b = _bound.get()
-    return b[0] if b is not None else get_settings()
-
-
-def _close_store(store: VectorStore) -> None:
-    b = _bound.get()
-    if b is None or b[1] is not store:  # a bound store belongs to its owner
-        store.close()
+        if inputs.on_step is not None:
+            inputs.on_step(task.name, time.perf_counter() - t)
 
 
 # --- flows ------------------------------------------------------------------------------------
@@ -453,6 +349,7 @@ def _close_store(store: VectorStore) -> None:
 class _Run:
     """What one run works with and what it counts."""
 
+    inputs: IngestInputs
     settings: Settings
     store: VectorStore
     lineage: Lineage
@@ -473,11 +370,6 @@ class _Run:
         }
 
 
-def _as_is(value: T) -> T:
-    """`value` wrapped in Prefect's `quote`: handed to the task unchanged and never walked."""
-    return cast(T, quote(value))
-
-
 def _reason(e: BaseException) -> str:
     return str(e) if type(e).__module__.startswith("pipelines") else f"{type(e).__name__}: {e}"
 
@@ -486,7 +378,7 @@ def _index_batch(run: _Run, batch: list[SourceDocument], states: dict[str, str])
     """parse → chunk → check → embed → check → intent → upsert → commit for a batch, each step
     one task run over the batch's documents still in it; a document that fails or is quarantined
     leaves the batch alone, its reason recorded at the end of the batch."""
-    s, v = run.settings, run.version
+    s, v, inputs = run.settings, run.version, run.inputs
     docs = {d.doc_id: d for d in batch}
     quality: dict[str, list[dict[str, Any]]] = {k: [] for k in docs}
     failed: dict[str, tuple[str, str]] = {}  # doc id -> (status, reason)
@@ -495,10 +387,10 @@ def _index_batch(run: _Run, batch: list[SourceDocument], states: dict[str, str])
         keys = list(keys)
         if not keys:
             return {}
-        _crash_point(name)
+        inputs.crash(name)
         out: Outcomes[Any] = Outcomes()
         try:
-            call(_as_is(out))
+            call(out)
         except Exception as e:  # retries spent, or the task broke: whatever is unfinished fails
             for k in keys:
                 if k not in out.ok:
@@ -517,47 +409,53 @@ def _index_batch(run: _Run, batch: list[SourceDocument], states: dict[str, str])
         return {k: item for k, item in items.items() if k not in failed}
 
     emb = run.embedder
-    parsed = step("parse", docs, lambda out: parse(_as_is(docs), out))
-    chunks = step("chunk", parsed, lambda out: chunk(_as_is(parsed), emb, _as_is(s), v, out))
+    parsed = step("parse", docs, lambda out: _step(inputs, parse, docs, out))
+    chunks = step("chunk", parsed, lambda out: _step(inputs, chunk, parsed, emb, s, v, out))
     check(
         "chunks",
         step(
             "check_chunks",
             chunks,
-            lambda out: check_chunks(_as_is(chunks), emb.max_seq_length, out),
+            lambda out: _step(inputs, check_chunks, chunks, emb.max_seq_length, out),
         ),
     )
     chunks = alive(chunks)
     vectors = step(
         "embed",
         chunks,
-        lambda out: embed(emb, _as_is(chunks), s.embedding.batch_size, out),
+        lambda out: _step(inputs, embed, emb, chunks, s.embedding.batch_size, out),
     )
     run.counts["chunks_embedded"] += sum(len(chunks[k]) for k in vectors)
     embedded = {k: (chunks[k], vectors[k]) for k in vectors}
     check(
         "vectors",
-        step("check_vectors", embedded, lambda out: check_vectors(_as_is(embedded), emb.dim, out)),
+        step(
+            "check_vectors",
+            embedded,
+            lambda out: _step(inputs, check_vectors, embedded, emb.dim, out),
+        ),
     )
     ready = alive({k: chunks[k] for k in vectors})
     intended = step(
         "record_chunks",
         ready,
-        lambda out: record_chunks(run.lineage, run.run_id, run.collection, _as_is(ready), v, out),
+        lambda out: _step(
+            inputs, record_chunks, run.lineage, run.run_id, run.collection, ready, v, out
+        ),
     )
     to_write = {k: embedded[k] for k in intended}
     written = step(
         "upsert",
         to_write,
-        lambda out: upsert(run.store, run.collection, _as_is(to_write), v, out),
+        lambda out: _step(inputs, upsert, run.store, run.collection, to_write, v, out),
     )
     run.counts["points_upserted"] += sum(written.values())
     commits = {k: (docs[k], [c.chunk_id for c in chunks[k]], quality[k]) for k in written}
     committed = step(
         "record",
         commits,
-        lambda out: record_indexed(
-            run.lineage, run.run_id, run.collection, v, _as_is(commits), out
+        lambda out: _step(
+            inputs, record_indexed, run.lineage, run.run_id, run.collection, v, commits, out
         ),
     )
     for k in committed:
@@ -569,13 +467,15 @@ def _record_failures(
     run: _Run, failures: dict[str, tuple[SourceDocument, str, str, list[dict[str, Any]]]]
 ) -> None:
     if failures:
-        record_failures(
+        _step(
+            run.inputs,
+            record_failures,
             run.lineage,
             run.run_id,
             run.collection,
             run.version,
-            _as_is(failures),
-            _as_is(Outcomes()),
+            failures,
+            Outcomes(),
         )
         run.counts["failed"] += len(failures)
 
@@ -585,78 +485,99 @@ def _index_all(run: _Run, found: Discovery, states: dict[str, str]) -> None:
     todo = [d for d in found.documents if states[d.doc_id] != "unchanged"]
     run.counts["unchanged"] += len(found.documents) - len(todo)
     size = run.settings.ingest.batch_documents
-    _report("documents", 0, len(todo))
+    run.inputs.report("documents", 0, len(todo))
     for start in range(0, len(todo), size):
         batch = todo[start : start + size]
         _index_batch(run, batch, states)
-        _report("documents", start + len(batch), len(todo))
+        run.inputs.report("documents", start + len(batch), len(todo))
 
 
 def _collect_garbage(run: _Run) -> None:
     """Delete the points that no longer belong (old versions, pruned documents, crash leftovers)."""
-    _crash_point("find_stale")
-    stale = find_stale(run.lineage, run.collection)
+    inputs = run.inputs
+    inputs.crash("find_stale")
+    stale = _step(inputs, find_stale, run.lineage, run.collection)
     if stale:
-        _crash_point("delete")
-        delete(run.store, run.collection, stale)
-        _crash_point("mark_deleted")
-        run.counts["points_deleted"] += mark_deleted(run.lineage, run.collection, stale)
+        inputs.crash("delete")
+        _step(inputs, delete, run.store, run.collection, stale)
+        inputs.crash("mark_deleted")
+        run.counts["points_deleted"] += _step(
+            inputs, mark_deleted, run.lineage, run.collection, stale
+        )
 
 
-def _open(settings: Settings) -> tuple[VectorStore, Lineage]:
+def _open(inputs: IngestInputs) -> tuple[VectorStore, Lineage]:
     from pipelines.lineage import Lineage
     from pipelines.vectorstore import create_store
 
-    b = _bound.get()
-    store = b[1] if b is not None else create_store(settings)
+    store = inputs.store if inputs.store is not None else create_store(inputs.settings)
     try:
-        return store, Lineage.open(settings)
+        return store, Lineage.open(inputs.settings)
     except BaseException:
-        _close_store(store)
+        _close_store(inputs, store)
         raise
 
 
-def _start(settings: Settings, store: VectorStore, lineage: Lineage, physical_for: Any) -> _Run:
+def _close_store(inputs: IngestInputs, store: VectorStore) -> None:
+    if inputs.store is not store:  # a store passed in belongs to its owner
+        store.close()
+
+
+def _start(
+    inputs: IngestInputs, store: VectorStore, lineage: Lineage, run_id: str, physical_for: Any
+) -> _Run:
     from pipelines.version import pipeline_version, version_inputs
 
-    _crash_point("load_embedder")
-    embedder = load_embedder(settings)
+    settings = inputs.settings
+    inputs.crash("load_embedder")
+    embedder = _step(inputs, load_embedder, settings)
     version = pipeline_version(settings, embedder)
     physical = physical_for(embedder, version)
-    run = _Run(settings, store, lineage, embedder, version, str(flow_run.id), physical)
+    run = _Run(inputs, settings, store, lineage, embedder, version, run_id, physical)
     lineage.start_run(run.run_id, physical, version, version_inputs(settings, embedder))
     return run
 
 
-@flow(name="ingest", validate_parameters=False)
-def ingest(paths: list[str], collection: str = "default", prune: bool = False) -> dict[str, Any]:
-    """Ingest files and folders into `collection`; with `prune`, delete documents now gone."""
+def run_ingest(
+    inputs: IngestInputs, paths: Sequence[str], collection: str, prune: bool, *, run_id: str
+) -> dict[str, Any]:
+    """The ingest pipeline: discover, classify, index what changed in batches, prune, collect
+    garbage, rebuild the BM25 index; recorded in lineage as run `run_id`. Returns the summary."""
     from pipelines.vectorstore import prepare_collection
 
-    settings = _settings()
-    _crash_point("discover")
-    found = discover(paths)
-    store, lineage = _open(settings)
+    settings = inputs.settings
+    inputs.crash("discover")
+    found = _step(inputs, discover, list(paths))
+    store, lineage = _open(inputs)
     run: _Run | None = None
     try:
         run = _start(
-            settings,
+            inputs,
             store,
             lineage,
+            run_id,
             lambda emb, version: prepare_collection(store, collection, emb.dim, version),
         )
-        states = classify(lineage, run.collection, found.documents, run.version)
+        states = _step(inputs, classify, lineage, run.collection, found.documents, run.version)
         _index_all(run, found, states)
         if prune:
-            _crash_point("prune")
-            gone = prune_documents(lineage, run.run_id, run.collection, list(paths), found.doc_ids)
+            inputs.crash("prune")
+            gone = _step(
+                inputs,
+                prune_documents,
+                lineage,
+                run.run_id,
+                run.collection,
+                list(paths),
+                found.doc_ids,
+            )
             run.counts["deleted"] += len(gone)
         _collect_garbage(run)
         changed = bool(run.counts["points_upserted"] or run.counts["points_deleted"])
-        sparse_index(store, run.collection, settings, changed)
+        _step(inputs, sparse_index, store, run.collection, settings, changed)
         if changed:
-            optimize(store, run.collection)
-        _crash_point("finish")
+            _step(inputs, optimize, store, run.collection)
+        inputs.crash("finish")
         lineage.finish_run(run.run_id, "completed", run.summary())
         return run.summary()
     except BaseException:
@@ -665,11 +586,10 @@ def ingest(paths: list[str], collection: str = "default", prune: bool = False) -
         raise
     finally:
         lineage.close()
-        _close_store(store)
+        _close_store(inputs, store)
 
 
-@flow(name="reindex", validate_parameters=False)
-def reindex(collection: str = "default") -> dict[str, Any]:
+def run_reindex(inputs: IngestInputs, collection: str, *, run_id: str) -> dict[str, Any]:
     """Blue/green: rebuild `collection` with the current pipeline version in a new physical
     collection, switch its alias atomically, then drop versions beyond `keep_versions`.
 
@@ -677,8 +597,8 @@ def reindex(collection: str = "default") -> dict[str, Any]:
     from pipelines.discover import discover_documents
     from pipelines.vectorstore import CollectionNotFound, physical_name
 
-    settings = _settings()
-    store, lineage = _open(settings)
+    settings = inputs.settings
+    store, lineage = _open(inputs)
     run: _Run | None = None
     try:
         old = store.resolve(collection)
@@ -691,7 +611,7 @@ def reindex(collection: str = "default") -> dict[str, Any]:
                 store.ensure_collection(physical, emb.dim)
             return physical
 
-        run = _start(settings, store, lineage, target)
+        run = _start(inputs, store, lineage, run_id, target)
         result: dict[str, Any] = {"collection": collection, "from": old, "to": run.collection}
         if run.collection != old:
             sources = [src for _, src in lineage.current_documents(old)]
@@ -699,17 +619,19 @@ def reindex(collection: str = "default") -> dict[str, Any]:
             run.counts["deleted"] += len(sources) - len(present)
             found = discover_documents(present) if present else None
             if found is not None:
-                states = classify(lineage, run.collection, found.documents, run.version)
+                states = _step(
+                    inputs, classify, lineage, run.collection, found.documents, run.version
+                )
                 _index_all(run, found, states)
             _collect_garbage(run)
-            sparse_index(store, run.collection, settings, True)
-            optimize(store, run.collection)
-            _crash_point("switch")
-            switch_alias(store, collection, run.collection)
+            _step(inputs, sparse_index, store, run.collection, settings, True)
+            _step(inputs, optimize, store, run.collection)
+            inputs.crash("switch")
+            _step(inputs, switch_alias, store, collection, run.collection)
             result["dropped"] = _drop_old_versions(
                 run, collection, keep=settings.vector_store.keep_versions
             )
-        _crash_point("finish")
+        inputs.crash("finish")
         lineage.finish_run(run.run_id, "completed", run.summary())
         return {**run.summary(), **result}
     except BaseException:
@@ -718,7 +640,43 @@ def reindex(collection: str = "default") -> dict[str, Any]:
         raise
     finally:
         lineage.close()
-        _close_store(store)
+        _close_store(inputs, store)
+
+
+def _process_inputs() -> IngestInputs:
+    from pipelines.settings import get_settings
+
+    return IngestInputs.from_settings(get_settings())
+
+
+@flow(name="ingest", validate_parameters=False)
+def ingest(paths: list[str], collection: str = "default", prune: bool = False) -> dict[str, Any]:
+    """Ingest files and folders into `collection`; with `prune`, delete documents now gone."""
+    return run_ingest(_process_inputs(), paths, collection, prune, run_id=str(flow_run.id))
+
+
+@flow(name="reindex", validate_parameters=False)
+def reindex(collection: str = "default") -> dict[str, Any]:
+    """Blue/green: rebuild `collection` with the current pipeline version, then switch to it."""
+    return run_reindex(_process_inputs(), collection, run_id=str(flow_run.id))
+
+
+def ingest_flow(inputs: IngestInputs) -> Flow[..., dict[str, Any]]:
+    """The `ingest` flow (same name, parameters and run id = lineage run id) over `inputs`."""
+
+    def run(paths: list[str], collection: str = "default", prune: bool = False) -> dict[str, Any]:
+        return run_ingest(inputs, paths, collection, prune, run_id=str(flow_run.id))
+
+    return Flow(run, name="ingest", validate_parameters=False, description=ingest.description)
+
+
+def reindex_flow(inputs: IngestInputs) -> Flow[..., dict[str, Any]]:
+    """The `reindex` flow (same name and parameters) over `inputs`."""
+
+    def run(collection: str = "default") -> dict[str, Any]:
+        return run_reindex(inputs, collection, run_id=str(flow_run.id))
+
+    return Flow(run, name="reindex", validate_parameters=False, description=reindex.description)
 
 
 def _drop_old_versions(run: _Run, collection: str, keep: int) -> list[str]:

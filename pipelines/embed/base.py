@@ -12,10 +12,12 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from pipelines.errors import ImpetusError
+
 Backend = Literal["mlx", "coreml"]
 
 
-class EmbedderLoadError(RuntimeError):
+class EmbedderLoadError(ImpetusError, RuntimeError):
     """A model folder could not be turned into an embedder (missing files, unsupported model)."""
 
 

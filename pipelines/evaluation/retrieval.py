@@ -14,11 +14,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.errors import ImpetusError
+
 CUTOFFS = (1, 5, 10)
 METRICS = ("hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10")
 
 
-class DatasetError(ValueError):
+class DatasetError(ImpetusError, ValueError):
     """A dataset line is not `{"q": str, "sources": [str, ...]}`."""
 
 

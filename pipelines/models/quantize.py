@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pipelines.errors import ImpetusError
+
 BITS = (4, 8, 16)
 Dtype = Literal["float16", "bfloat16"]
 DTYPE_SUFFIX = {"float16": "fp16", "bfloat16": "bf16"}
 DEFAULT_GROUP_SIZE = 64
 
 
-class QuantizeError(ValueError):
+class QuantizeError(ImpetusError, ValueError):
     """The requested quantization cannot be made; the message says why."""
 
 

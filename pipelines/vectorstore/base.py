@@ -148,6 +148,11 @@ class VectorStore(Protocol):
         """Delete a physical collection; refuses one that an alias points to."""
         ...
 
+    def optimize(self, collection: str) -> bool:
+        """Build the vector index of a collection now; True if the store did work. A store that
+        optimizes in the background on its own (a Qdrant server, qdrant-client) returns False."""
+        ...
+
     def close(self) -> None:
         """Flush and release the store (and its lock, for an embedded one)."""
         ...

@@ -102,6 +102,12 @@ class QdrantStore:
             )
         self.client.delete_collection(name)
 
+    def optimize(self, collection: str) -> bool:
+        """Nothing to do: Qdrant's optimizers run in the background (a server), or the local
+        mode has no vector index to build."""
+        self._check(collection)
+        return False
+
     # --- points --------------------------------------------------------------------------------
 
     def _check(self, collection: str) -> str:

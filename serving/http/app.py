@@ -1,9 +1,12 @@
 """The FastAPI app factory of the OpenAI-compatible endpoint. It knows nothing of MLX.
 
-    app = create_app(settings, manager=ModelManager.from_settings(settings, factory))
+    manager = ModelManager.from_settings(settings, factory)
+    app = create_app(settings, manager=manager, index_runner=PrefectIndexRunner(settings))
 
 Collaborators come in through the arguments: the `ModelManager` (which builds engines through
-its `engine_factory`) and an `embedder_factory(name) -> Embedder` (default: `load_embedder`).
+its `engine_factory`), an `embedder_factory(name) -> Embedder` (default: `load_embedder`) and
+the `IndexRunner` that runs `POST /v1/rag/index` (serving/services/indexing.py; flows/ implements
+it, so serving never imports flows; None: the route answers rag_index_error).
 Each app has its own context, metrics registry and embedder pool, so tests, `impetus serve` and
 the Ray Serve ingress can build as many as they like. Nothing heavy is imported here: the
 default LLM loads when `preload_default=True` (what `impetus serve` passes), in the background,
@@ -26,6 +29,7 @@ from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
 from serving.http.routes import embeddings, generate, health, models, rag
 from serving.services.embedders import EmbedderFactory, EmbedderPool
+from serving.services.indexing import IndexRunner
 from serving.services.rag import RagService, wait_closed
 
 if TYPE_CHECKING:
@@ -97,6 +101,7 @@ def create_app(
     *,
     manager: ModelManager,
     embedder_factory: EmbedderFactory | None = None,
+    index_runner: IndexRunner | None = None,
     preload_default: bool = False,
 ) -> FastAPI:
     """A new app serving `manager`'s models and the registry's embedding models."""
@@ -106,7 +111,7 @@ def create_app(
         batch_size=settings.embedding.batch_size,
     )
     metrics = Metrics(manager.stats)
-    service = RagService(settings)
+    service = RagService(settings, embedders=pool, manager=manager, runner=index_runner)
     ctx = ServingContext(
         settings=settings, manager=manager, embedders=pool, metrics=metrics, rag=service
     )

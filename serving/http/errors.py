@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.embed.base import EmbedderLoadError
+from pipelines.errors import ImpetusError
 from pipelines.models.store import ModelNotFoundError, ModelNotReadyError, ModelStoreError
 from serving.engine.base import (
     EngineClosedError,
@@ -48,7 +49,9 @@ GENERIC_MESSAGE = "The server failed to process the request; the error was logge
 
 
 class APIError(Exception):
-    """An error with its HTTP shape; raise it from a route, or get one from `to_api_error`."""
+    """An error with its HTTP shape; raise it from a route, or get one from `to_api_error`.
+
+    Not a domain error (those derive from `ImpetusError`): it is what they are mapped to."""
 
     def __init__(
         self,
@@ -81,7 +84,7 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-class EmbeddingError(Exception):
+class EmbeddingError(ImpetusError):
     """Encoding failed inside the embedder (500 embedding_error)."""
 
 
@@ -134,7 +137,8 @@ def _rag_error(exc: BaseException) -> APIError | None:
     """Retrieval and indexing (serving/services/rag.py, pipelines.retrieve, pipelines.vectorstore)."""
     from pipelines.retrieve import RetrievalError
     from pipelines.vectorstore import CollectionNotFound, VectorStoreError
-    from serving.services.rag import RagIndexError, RunNotFoundError
+    from serving.services.indexing import RagIndexError
+    from serving.services.rag import RunNotFoundError
 
     if isinstance(exc, CollectionNotFound):
         return APIError("invalid_request", str(exc), param="collection", status=404)

@@ -107,10 +107,13 @@ class RayAppArgs(_Strict):
     coalesce_ms: float = Field(default=5.0, ge=0)
     # Import paths ("module:attr") of the collaborators, for other engines and for tests:
     # `engine_factory(name, path) -> Engine`, `embedder_factory(settings, name) -> Embedder`
-    # (None: MLX) and `store_factory(settings) -> ModelStore` (None: the registry in data_dir).
+    # (None: MLX) and `store_factory(settings) -> ModelStore` (None: the registry in data_dir);
+    # `index_runner(settings) -> IndexRunner` runs POST /v1/rag/index (serving/services/indexing.py;
+    # serving imports no flows, so configs/serve.yaml names flows.ingest.runner's; None: no runs).
     engine_factory: str | None = None
     embedder_factory: str | None = None
     store_factory: str | None = None
+    index_runner: str | None = None
 
 
 def _import(path: str) -> Any:
@@ -287,12 +290,14 @@ class Ingress:
         embedding: DeploymentHandle | None,
         default_model: str | None = None,
         store_factory: str | None = None,
+        index_runner: str | None = None,
     ) -> None:
         self._settings = _settings(settings)
         self._llms = llms
         self._embedding = embedding
         self._default_model = default_model
         self._store_factory = store_factory
+        self._index_runner = index_runner
 
     async def _engine(self, name: str, path: Path) -> Engine:
         from serving.engine.manager import ModelNotLoadedError
@@ -331,8 +336,13 @@ class Ingress:
             idle_ttl_s=s.idle_ttl_s,
             load_on_demand=s.load_on_demand,
         )
+        runner = _import(self._index_runner)(self._settings) if self._index_runner else None
         return create_app(
-            self._settings, manager=manager, embedder_factory=self._embedder, preload_default=True
+            self._settings,
+            manager=manager,
+            embedder_factory=self._embedder,
+            index_runner=runner,
+            preload_default=True,
         )
 
 
@@ -367,7 +377,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     )
     return Ingress.options(  # type: ignore[attr-defined]
         **cfg.ingress.as_options()
-    ).bind(cfg.settings, llms, embedding, default_model, cfg.store_factory)
+    ).bind(cfg.settings, llms, embedding, default_model, cfg.store_factory, cfg.index_runner)
 
 
 # -- `impetus serve --ray` -------------------------------------------------------------------------
@@ -392,12 +402,14 @@ def run(
     num_cpus: int | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[dict[str, float]], None] | None = None,
+    index_runner: str | None = None,
 ) -> None:
     """Start a local Ray (dashboard and usage stats off, 127.0.0.1 only), deploy the applications
     of `serve_config` on `host:port`, block until SIGINT/SIGTERM (or `stop`), then shut it down.
 
     `settings` go to every replica (so `--model` and IMPETUS_* overrides hold there too); the
-    `args:` of each application may still override them.
+    `args:` of each application may still override them. `index_runner` (an import path, see
+    `RayAppArgs`) is the ingress's runner of index flows where the config names none.
     """
     from pipelines import telemetry
 
@@ -444,6 +456,8 @@ def run(
             args["settings"] = {**settings.model_dump(mode="json"), **args.get("settings", {})}
             if model:
                 args["default_model"] = model
+            if index_runner and app["import_path"] == f"{__name__}:app_builder":
+                args.setdefault("index_runner", index_runner)
             builder = _import(app["import_path"])
             serve.run(
                 builder(args),

@@ -36,6 +36,10 @@ class EmbedderPool:
     def loaded(self) -> list[str]:
         return list(self._embedders)
 
+    def peek(self, name: str) -> Embedder | None:
+        """The embedder `name` if it is loaded (loads nothing)."""
+        return self._embedders.get(name)
+
     async def get(self, name: str) -> Embedder:
         if name in self._embedders:
             return self._embedders[name]

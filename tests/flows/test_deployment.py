@@ -160,9 +160,7 @@ def test_deploy_run_and_worker_complete_the_nightly_run(
     from pipelines.settings import load_settings
 
     with Lineage.open(load_settings(data_dir=data_dir), read_only=True) as lin:
-        rows = lin.db.execute(
-            "SELECT run_id, status FROM runs WHERE run_id = ?", [run_id]
-        ).fetchall()
+        rows = [(r["run_id"], r["status"]) for r in lin.runs(run_id=run_id)]
         sources = {Path(s).name for _, s in lin.current_documents(_physical(data_dir))}
     assert rows == [(run_id, "completed")]
     samples = {p.name for p in (PROJECT_ROOT / "data" / "samples").iterdir()}

@@ -67,12 +67,7 @@ def snapshot(collection: str = "c") -> dict[str, Any]:
         live = lin.live_points(physical)
         stale = lin.stale_points(physical)
         docs = lin.current_documents(physical)
-        hashes = dict(
-            lin.db.execute(
-                "SELECT doc_id, content_hash FROM documents WHERE collection = ? AND NOT deleted",
-                [physical],
-            ).fetchall()
-        )
+        hashes = lin.content_hashes(physical)
     assert live == set(points), "lineage and the store disagree on which points exist"
     assert stale == [], "points left over that are not of their document's current version"
     for payload in points.values():
@@ -134,18 +129,12 @@ def test_changed_document_new_points_written_before_old_deleted(
     assert summary["points_deleted"] > 0
     snapshot()
     with Lineage.open(get_settings(), read_only=True) as lin:
-        row = lin.db.execute(
-            "SELECT doc_id FROM documents WHERE source LIKE '%alpha.md'"
-        ).fetchone()
-        assert row is not None
-        doc_id = row[0]
-        rows = lin.db.execute(
-            "SELECT c.content_hash, p.written_at, p.deleted_at FROM points p "
-            "JOIN chunks c ON c.chunk_id = p.chunk_id WHERE c.doc_id = ?",
-            [doc_id],
-        ).fetchall()
-    new = [w for _, w, d in rows if d is None]
-    old_deleted = [d for _, _, d in rows if d is not None]
+        docs = lin.documents("alpha.md")
+        assert docs
+        doc_id = docs[0]["doc_id"]
+        rows = lin.point_history(doc_id)
+    new = [r["written_at"] for r in rows if r["deleted_at"] is None]
+    old_deleted = [r["deleted_at"] for r in rows if r["deleted_at"] is not None]
     assert new and old_deleted
     assert max(new) <= min(old_deleted)
 

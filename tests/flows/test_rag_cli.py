@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from flows.ingest.flow import ingest
+from flows.ingest.runner import PrefectIndexRunner
 from pipelines.settings import load_settings
 from serving.engine.manager import ModelManager
 from serving.http.app import create_app
@@ -50,7 +51,7 @@ def owning_server(data_dir: Path) -> Iterator[dict[str, Any]]:
     """A server on data_dir: it opens, and so owns, the embedded store."""
     settings = load_settings(data_dir=data_dir)
     manager = ModelManager.from_settings(settings, lambda name, path: FakeEngine(name))
-    app = create_app(settings, manager=manager)
+    app = create_app(settings, manager=manager, index_runner=PrefectIndexRunner(settings))
     with uvicorn_server(app) as url:
         yield {"url": url, "port": url.rsplit(":", 1)[1]}
 

@@ -83,7 +83,7 @@ def test_a_killed_run_is_marked_crashed_by_the_next(tmp_path: Path) -> None:
     lin = Lineage(tmp_path / "lineage.duckdb")
     lin.start_run("r1", "c", PV)
     lin.start_run("r2", "c", PV)
-    status = dict(lin.db.execute("SELECT run_id, status FROM runs").fetchall())
+    status = {r["run_id"]: r["status"] for r in lin.runs()}
     assert status == {"r1": "crashed", "r2": "running"}
 
 

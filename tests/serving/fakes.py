@@ -1,4 +1,5 @@
-"""Small fakes of the serving seams: an `Engine`, an `Embedder` and a registry with extra models.
+"""Small fakes of the serving seams: an `Engine`, an `Embedder`, a registry with extra models and
+an `IndexRunner` (serving/services/indexing.py) for apps that need no Prefect.
 
 They implement the protocols (no patches of internals), so the real app, model manager and
 uvicorn run around them. The fake engine is for what the real one cannot do on demand: a full
@@ -18,6 +19,7 @@ import numpy as np
 
 from pipelines.embed.base import Backend, Embedding
 from pipelines.models.store import Kind, ModelEntry, ModelStore
+from pipelines.vectorstore import VectorStore
 from serving.engine.base import (
     Delta,
     EngineCapabilities,
@@ -28,6 +30,7 @@ from serving.engine.base import (
     QueueFullError,
     TokenLogprob,
 )
+from serving.services.indexing import IndexRun
 
 WORDS = [
     "alpha",
@@ -253,3 +256,30 @@ class StoreWithFakes(ModelStore):
     def entries(self) -> list[ModelEntry]:
         real = super().entries() if self._builtins else []
         return [*real, *self.fakes]
+
+
+class FakeIndexRunner:
+    """An `IndexRunner` that runs nothing: each run completes at once with an empty summary,
+    and it remembers what it was asked to index (paths, collection, prune, the store)."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[list[str], str, bool, VectorStore]] = []
+        self._runs: dict[str, IndexRun] = {}
+        self.closed = False
+
+    def start(self, paths: list[str], collection: str, prune: bool, store: VectorStore) -> IndexRun:
+        self.started.append((paths, collection, prune, store))
+        run = IndexRun(f"fake-run-{len(self.started)}", collection, paths, prune)
+        run.on_progress("documents", 0, 0)
+        run.status, run.summary = "completed", {"run_id": run.id, "documents": {}}
+        self._runs[run.id] = run
+        return run
+
+    def get(self, run_id: str) -> IndexRun | None:
+        return self._runs.get(run_id)
+
+    def runs(self) -> list[IndexRun]:
+        return list(self._runs.values())
+
+    def close(self) -> None:
+        self.closed = True

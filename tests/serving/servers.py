@@ -8,7 +8,6 @@ error paths a real engine cannot produce on demand (queue overflow).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from flows.ingest.runner import PrefectIndexRunner
 from pipelines.settings import Settings, load_settings
 from serving.engine.base import Engine
 from serving.engine.manager import EngineFactory, ModelManager, mlx_engine_factory
@@ -51,9 +51,8 @@ class RunningServer:
 
 
 def real_engine_available() -> bool:
-    if os.environ.get("IMPETUS_TEST_FAKE_ENGINE"):
-        return False
-    return importlib.util.find_spec("serving.engine.mlx_engine") is not None
+    """The MLX engine is always installed; IMPETUS_TEST_FAKE_ENGINE=1 asks for fakes instead."""
+    return not os.environ.get("IMPETUS_TEST_FAKE_ENGINE")
 
 
 def recording_factory(engines: dict[str, Any], fallback: EngineFactory | None) -> EngineFactory:
@@ -116,7 +115,10 @@ def start_inprocess(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
         default_model=settings.models.llm,
         idle_ttl_s=0,
     )
-    app = create_app(settings, manager=manager, preload_default=True)
+    # The real runner of index flows: tests/serving/http/test_rag_sdk.py indexes through it.
+    app = create_app(
+        settings, manager=manager, index_runner=PrefectIndexRunner(settings), preload_default=True
+    )
     with uvicorn_server(app) as url:
         _wait_ready(url)
         yield RunningServer(

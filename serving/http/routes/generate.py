@@ -369,7 +369,7 @@ async def chat_completions(
     # `citations` on the answer (in the first chunk of a stream). The engine never sees rag_*.
     citations: list[dict[str, Any]] | None = None
     if "rag_mode" in extra and ctx.rag is not None:
-        grounding = await ctx.rag.ground(ctx, body.model, messages, extra)
+        grounding = await ctx.rag.ground(body.model, messages, extra)
         if grounding is not None:
             messages, citations = grounding.messages, grounding.citations
     # tools, tool_choice, parallel_tool_calls, response_format: validated and translated once

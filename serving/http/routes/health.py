@@ -66,16 +66,24 @@ async def status(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
 
 @router.get("/api/hardware/info")
 async def hardware_info(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
-    """`pipelines.hardware.detect()` plus the embedding backend in use."""
+    """`pipelines.hardware.detect()` plus the embedding backend in use: the loaded embedder's
+    (after a Core ML fallback, MLX), else the one loading it would give."""
+    from pipelines.embed.dispatch import describe_embedding_backend
     from pipelines.hardware import detect
 
-    info = (await asyncio.to_thread(detect)).to_dict()  # first call imports mlx
-    configured = ctx.settings.embedding.backend
-    backend = configured if configured != "auto" else ("coreml" if info["coreml_usable"] else "mlx")
+    hardware = await asyncio.to_thread(detect)  # first call imports mlx
+    info = hardware.to_dict()
+    name = ctx.settings.models.embedding
+    described = describe_embedding_backend(
+        ctx.settings, ctx.embedders.peek(name), hardware=hardware
+    )
     info["embedding"] = {
-        "model": ctx.settings.models.embedding,
-        "backend": backend,
-        "configured_backend": configured,
+        "model": name,
+        "backend": described["backend"],
+        "configured_backend": ctx.settings.embedding.backend,
+        "reason": described["reason"],
+        "fallback": described["fallback"],
+        "loaded": described["loaded"],
     }
     return JSONResponse(info)
 

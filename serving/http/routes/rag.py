@@ -59,7 +59,6 @@ def rag(ctx: ServingContext) -> RagService:
 async def search(body: SearchRequest, ctx: ServingContext = Depends(get_ctx)) -> dict[str, Any]:
     s = ctx.settings.rag
     hits = await rag(ctx).search(
-        ctx,
         body.query,
         collection=body.collection,
         k=body.top_k,

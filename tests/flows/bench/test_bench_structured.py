@@ -5,7 +5,6 @@ It needs the MLX engine (serving/engine/mlx_engine.py) and takes a few minutes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,13 +15,7 @@ import pytest
 
 from pipelines.settings import PROJECT_ROOT
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("serving.engine.mlx_engine") is None,
-        reason="needs the MLX engine (serving/engine/mlx_engine.py)",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 def test_quick_structured_bench_logs_an_mlflow_run(tmp_path: Path, ready_models_dir: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.settings import load_settings
 from pipelines.vectorstore import (
+    CollectionNotFound,
     PointRecord,
     StoreLockedError,
     VectorStore,
@@ -156,3 +157,17 @@ def _try_open(settings: object) -> str:
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return "opened"
+
+
+def test_optimize_is_on_every_store(store: VectorStore) -> None:
+    """`optimize` is part of the protocol: the Edge store runs its optimizers (True if any had
+    work), the others optimize on their own and say False; a missing collection is an error."""
+    store.ensure_collection("c", DIM)
+    pts = _points(8, "a")
+    store.upsert("c", pts)
+    did = store.optimize("c")
+    assert did is False or (did is True and isinstance(store, EdgeStore))
+    hits = store.search("c", pts[3].vector, k=1)  # type: ignore[arg-type]
+    assert hits[0].id == pts[3].id  # still answers after optimizing
+    with pytest.raises(CollectionNotFound):
+        store.optimize("missing")

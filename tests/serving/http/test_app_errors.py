@@ -19,7 +19,7 @@ import pytest
 from serving.engine.base import Engine
 from serving.engine.manager import InsufficientMemoryError, ModelManager
 from serving.http.app import create_app
-from tests.serving.fakes import FakeEmbedder, FakeEngine, StoreWithFakes
+from tests.serving.fakes import FakeEmbedder, FakeEngine, FakeIndexRunner, StoreWithFakes
 from tests.serving.servers import serving_settings, uvicorn_server
 
 ENGINES: dict[str, dict[str, Any]] = {
@@ -67,7 +67,13 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         default_model="fake-llm",
         memory_budget_bytes=1 << 30,
     )
-    app = create_app(settings, manager=manager, embedder_factory=FakeEmbedder, preload_default=True)
+    app = create_app(
+        settings,
+        manager=manager,
+        embedder_factory=FakeEmbedder,
+        index_runner=FakeIndexRunner(),
+        preload_default=True,
+    )
     with uvicorn_server(app) as url:
         yield Server(url, engines)
 
@@ -379,3 +385,57 @@ def test_manager_evicts_lru_and_reaps_idle_models(tmp_path: Path) -> None:
         await manager.close()
 
     asyncio.run(scenario())
+
+
+# -- index runs through the runner the app was given -----------------------------------------------
+
+
+def test_index_runs_go_to_the_apps_runner(srv: Server, tmp_path: Path) -> None:
+    r = srv.http.post("/v1/rag/index", json={"paths": [str(tmp_path)], "collection": "c"})
+    assert r.status_code == 202, r.text
+    started = r.json()
+    assert started["object"] == "rag.index_run" and started["collection"] == "c"
+    run = srv.http.get(f"/v1/rag/runs/{started['id']}").json()
+    assert run["status"] == "completed" and run["progress"] == {
+        "documents": {"done": 0, "total": 0}
+    }
+    _error(srv.http.get("/v1/rag/runs/no-such-run"), 404, "invalid_request")
+
+
+def test_an_app_without_a_runner_answers_rag_index_error(tmp_path: Path) -> None:
+    manager = ModelManager(
+        StoreWithFakes(tmp_path, llms=["fake-llm"], builtins=False),
+        lambda name, path: FakeEngine(name),
+        default_model="fake-llm",
+    )
+    app = create_app(serving_settings(tmp_path), manager=manager, embedder_factory=FakeEmbedder)
+    with uvicorn_server(app) as url:
+        r = httpx.post(f"{url}/v1/rag/index", json={"paths": [str(tmp_path)]}, timeout=30)
+        assert "index runner" in _error(r, 500, "rag_index_error")["message"]
+
+
+def test_hardware_info_reports_the_embedding_backend_in_use(tmp_path: Path) -> None:
+    """Core ML asked for, MLX loaded (what a fallback leaves): the loaded embedder's backend."""
+    from pipelines.settings import load_settings
+
+    settings = load_settings(
+        data_dir=tmp_path / "state",
+        embedding={"backend": "coreml"},
+        models={"embedding": "fake-embed"},
+    )
+    manager = ModelManager(
+        StoreWithFakes(tmp_path, llms=["fake-llm"], embedders=["fake-embed"], builtins=False),
+        lambda name, path: FakeEngine(name),
+        default_model="fake-llm",
+    )
+    app = create_app(settings, manager=manager, embedder_factory=FakeEmbedder)
+    with uvicorn_server(app) as url:
+        before = httpx.get(f"{url}/api/hardware/info", timeout=30).json()["embedding"]
+        assert before["backend"] == "coreml" and before["loaded"] is False
+        r = httpx.post(
+            f"{url}/v1/embeddings", json={"model": "fake-embed", "input": "hi"}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        after = httpx.get(f"{url}/api/hardware/info", timeout=30).json()["embedding"]
+    assert after["backend"] == "mlx" and after["loaded"] is True
+    assert after["configured_backend"] == "coreml"

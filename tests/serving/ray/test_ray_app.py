@@ -62,8 +62,11 @@ def test_serve_yaml_builds_ingress_llm_and_embedding_deployments() -> None:
     ingress = app_builder(args)._bound_deployment
     assert ingress.name == "Ingress"
     assert ingress.ray_actor_options.get("num_cpus") == 0
-    _, llms, embedding, default_model, _ = ingress.init_args
+    _, llms, embedding, default_model, _, index_runner = ingress.init_args
     assert default_model == "smollm2-135m-instruct"
+    # the ingress runs POST /v1/rag/index through the runner the config names (serving imports
+    # no flows: it gets an import path)
+    assert index_runner == "flows.ingest.runner:PrefectIndexRunner"
     llm = llms[default_model]._bound_deployment
     assert llm.name == llm_deployment_name(default_model)
     # above queue_limit + max_batch_size: the engine's bounded queue decides, not Ray
@@ -77,7 +80,7 @@ def test_llm_resources_pin_decode_and_unlisted_default_model_gets_a_deployment()
     args["models"] = [{"model": "other-llm", "ray_actor_options": {"resources": {"mac": 1}}}]
     args["llm_defaults"] = {"ray_actor_options": {"num_cpus": 0}}
     args["embedding"] = None
-    _, llms, embedding, default_model, _ = app_builder(args)._bound_deployment.init_args
+    _, llms, embedding, default_model, _, _ = app_builder(args)._bound_deployment.init_args
     assert embedding is None
     assert llms["other-llm"]._bound_deployment.ray_actor_options["resources"] == {"mac": 1}
     assert llms[default_model]._bound_deployment.ray_actor_options == {"num_cpus": 0}
