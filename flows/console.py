@@ -86,3 +86,12 @@ def progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
 
     with bar:
         yield update
+
+
+def api_error(r: Any) -> typer.Exit:
+    """A failed answer of a running Impetus server, as `fail` does it (its error message)."""
+    try:
+        message = r.json()["error"]["message"]
+    except Exception:
+        message = r.text[:500]
+    return fail(f"the server answered {r.status_code}: {message}")

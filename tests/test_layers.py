@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("flows", "serving", "pipelines")
 PIPELINES_MAY_NOT = (
@@ -37,12 +35,7 @@ PIPELINES_MAY_NOT = (
     "uvicorn",
     "sse_starlette",
 )
-ENGINE_MAY_NOT = ("serving.http", "serving.services", "serving.ray")
-# Another branch makes the MLX engine stop importing these (grammar and tool parsing move).
-KNOWN_ENGINE_TO_SERVICES = {
-    ("serving.engine.mlx_engine", "serving.services.tools"),
-    ("serving.engine.mlx_engine", "serving.services.structured"),
-}
+ENGINE_MAY_NOT = ("serving.http", "serving.services", "serving.ray", "fastapi", "starlette")
 
 
 @dataclass(frozen=True)
@@ -145,27 +138,11 @@ def test_pipelines_imports_nothing_of_ours_but_itself_and_no_orchestration_or_we
     assert bad == [], "pipelines/ is the library: no flows/serving, Prefect, FastAPI, Ray, MLflow"
 
 
-def test_the_engine_knows_nothing_of_http_or_ray() -> None:
+def test_the_engine_knows_nothing_of_http_services_or_ray() -> None:
     bad = [
         str(i)
         for i in imports()
-        if _under(i.module, ("serving.engine",))
-        and _under(i.target, ENGINE_MAY_NOT)
-        and (i.module, i.target) not in KNOWN_ENGINE_TO_SERVICES
-    ]
-    assert bad == []
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="serving/engine/mlx_engine.py still imports serving.services.tools and .structured; "
-    "another branch moves what it needs into the engine",
-)
-def test_the_engine_imports_no_services() -> None:
-    bad = [
-        str(i)
-        for i in imports()
-        if _under(i.module, ("serving.engine",)) and _under(i.target, ("serving.services",))
+        if _under(i.module, ("serving.engine",)) and _under(i.target, ENGINE_MAY_NOT)
     ]
     assert bad == []
 

@@ -22,8 +22,8 @@ app = typer.Typer(
 def _prepare() -> Settings:
     """Settings, with Prefect pointed at data_dir before a benchmark flow is imported."""
     s = settings()
-    from flows.commands.ingest import prefect_env
     from flows.console import _State
+    from flows.prefect_env import prefect_env
 
     prefect_env(s, _State.verbose)
     return s

@@ -107,7 +107,7 @@ def _hand_off(url: str, paths: list[str], collection: str, prune: bool) -> dict[
 
     import httpx
 
-    from flows.commands.rag import api_error
+    from flows.console import api_error
 
     typer.secho(f"the store is owned by the server at {url}: handing the run to it", err=True)
     body = {"paths": paths, "collection": collection, "prune": prune}

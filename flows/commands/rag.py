@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flows.console import JsonOpt, domain_errors, echo_json, fail, settings
+from flows.console import JsonOpt, api_error, domain_errors, echo_json, fail, settings
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -41,14 +41,6 @@ def server_url(s: Settings) -> str | None:
     except httpx.HTTPError:
         return None
     return url if r.status_code == 200 else None
-
-
-def api_error(r: Any) -> typer.Exit:
-    try:
-        message = r.json()["error"]["message"]
-    except Exception:
-        message = r.text[:500]
-    return fail(f"the server answered {r.status_code}: {message}")
 
 
 def search(
