@@ -46,10 +46,10 @@ def serve(
         if entry.kind != "llm":
             raise fail(f"{model!r} is an {entry.kind} model; --model takes an LLM.")
     if ray:
-        from serving.ray import deployments as ray_app
+        from serving.ray import launcher
 
         with domain_errors():
-            ray_app.run(
+            launcher.run(
                 s,
                 host=host,
                 port=port,

@@ -1,6 +1,6 @@
 """Ray Serve mode: the same FastAPI app and the same engine, wrapped in deployments.
 
-    impetus serve --ray                      # a local Ray with this machine's cores, blocks
+    impetus serve --ray                      # serving/ray/launcher.py: a local Ray, blocks
     serve run configs/serve.yaml             # Ray Serve's own CLI (see the notes in that file)
 
 Layers, after Ray Serve LLM: config (`RayAppArgs`, the `args:` of configs/serve.yaml) → engine
@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
-import signal
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipelines.errors import ImpetusError
-from pipelines.settings import PROJECT_ROOT, Settings, load_settings
+from pipelines.settings import Settings, load_settings
 from serving.engine.base import (
     Delta,
     Engine,
@@ -50,8 +46,6 @@ if TYPE_CHECKING:
     from pipelines.models.store import ModelStore
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_SERVE_CONFIG = PROJECT_ROOT / "configs" / "serve.yaml"
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -116,7 +110,7 @@ class RayAppArgs(_Strict):
     index_runner: str | None = None
 
 
-def _import(path: str) -> Any:
+def import_path(path: str) -> Any:
     module, _, attr = path.partition(":")
     if not attr:
         raise ValueError(f"{path!r} is not an import path of the form 'module:attribute'.")
@@ -134,7 +128,7 @@ def _store(settings: Settings, store_factory: str | None) -> ModelStore:
     from pipelines.models.store import ModelStore
 
     if store_factory:
-        store: ModelStore = _import(store_factory)(settings)
+        store: ModelStore = import_path(store_factory)(settings)
         return store
     return ModelStore(settings.models_dir)
 
@@ -160,7 +154,7 @@ class LLMServer:
         self.model = model
         self._path = _store(s, store_factory).resolve(model)
         self._factory: Callable[[str, Path], Any] = (
-            _import(engine_factory) if engine_factory else mlx_engine_factory(s)
+            import_path(engine_factory) if engine_factory else mlx_engine_factory(s)
         )
         self._window_s = coalesce_ms / 1000
         self._engine: Engine | None = None
@@ -238,7 +232,7 @@ class EmbeddingServer:
 
         self._settings = _settings(settings)
         self._factory: Callable[[Settings, str], Embedder] = (
-            _import(embedder_factory) if embedder_factory else load_embedder
+            import_path(embedder_factory) if embedder_factory else load_embedder
         )
         self._embedders: dict[str, Embedder] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="impetus-embed")
@@ -336,7 +330,7 @@ class Ingress:
             idle_ttl_s=s.idle_ttl_s,
             load_on_demand=s.load_on_demand,
         )
-        runner = _import(self._index_runner)(self._settings) if self._index_runner else None
+        runner = import_path(self._index_runner)(self._settings) if self._index_runner else None
         return create_app(
             self._settings,
             manager=manager,
@@ -378,123 +372,3 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     return Ingress.options(  # type: ignore[attr-defined]
         **cfg.ingress.as_options()
     ).bind(cfg.settings, llms, embedding, default_model, cfg.store_factory, cfg.index_runner)
-
-
-# -- `impetus serve --ray` -------------------------------------------------------------------------
-
-
-def read_serve_config(path: Path) -> dict[str, Any]:
-    """configs/serve.yaml (or another file of the same shape) as a dict."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict) or not data.get("applications"):
-        raise ImpetusError(f"{path} has no `applications:`; see configs/serve.yaml for the shape.")
-    return data
-
-
-def run(
-    settings: Settings,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    model: str | None = None,
-    serve_config: Path | None = None,
-    num_cpus: int | None = None,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[dict[str, float]], None] | None = None,
-    index_runner: str | None = None,
-) -> None:
-    """Start a local Ray (dashboard and usage stats off, 127.0.0.1 only), deploy the applications
-    of `serve_config` on `host:port`, block until SIGINT/SIGTERM (or `stop`), then shut it down.
-
-    `settings` go to every replica (so `--model` and IMPETUS_* overrides hold there too); the
-    `args:` of each application may still override them. `index_runner` (an import path, see
-    `RayAppArgs`) is the ingress's runner of index flows where the config names none.
-    """
-    from pipelines import telemetry
-
-    telemetry.disable()
-    # Under `uv run`, Ray would package the checkout and start workers through uv (slow, and a
-    # copy of the checkout has no data/state); the venv is already what the workers need.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    config = read_serve_config(serve_config or DEFAULT_SERVE_CONFIG)
-    host = host or settings.serve.host
-    port = port or settings.serve.port
-
-    import ray
-
-    for attempt in (1, 2):
-        try:
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                include_dashboard=False,
-                namespace="serve",
-                _node_ip_address="127.0.0.1",
-                object_store_memory=128 << 20,
-                configure_logging=False,
-                log_to_driver=True,
-            )
-            break
-        except Exception as exc:
-            # Ray gives its raylet a fixed 30 s to register; an overloaded machine can miss it.
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-            log.warning("ray.init.retry", error=str(exc))
-            ray.shutdown()
-    timings["ray_init_s"] = time.perf_counter() - t0
-    try:
-        serve.start(
-            http_options={**config.get("http_options", {}), "host": host, "port": port},
-            proxy_location=config.get("proxy_location", "HeadOnly"),
-            logging_config={"log_level": "WARNING", "enable_access_log": False},
-        )
-        timings["serve_start_s"] = time.perf_counter() - t0
-        for app in config["applications"]:
-            args = dict(app.get("args") or {})
-            args["settings"] = {**settings.model_dump(mode="json"), **args.get("settings", {})}
-            if model:
-                args["default_model"] = model
-            if index_runner and app["import_path"] == f"{__name__}:app_builder":
-                args.setdefault("index_runner", index_runner)
-            builder = _import(app["import_path"])
-            serve.run(
-                builder(args),
-                name=app.get("name", "default"),
-                route_prefix=app.get("route_prefix", "/"),
-                logging_config={"log_level": "WARNING", "enable_access_log": False},
-            )
-        timings["ready_s"] = time.perf_counter() - t0
-        log.info(
-            "ray.serve.ready",
-            url=f"http://{host}:{port}",
-            **{k: round(v, 1) for k, v in timings.items()},
-        )
-        if on_ready is not None:
-            on_ready(timings)
-        _wait(stop or threading.Event())
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-
-
-def _wait(stop: threading.Event) -> None:
-    """Block until `stop` is set or SIGINT/SIGTERM arrives."""
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous = {
-        sig: signal.signal(sig, handler)
-        for sig in (signal.SIGINT, signal.SIGTERM)
-        if threading.current_thread() is threading.main_thread()
-    }
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
