@@ -53,7 +53,7 @@ test: setup  ## Set up and run every test (slow ones included).
 test-fast: setup  ## The tests not marked slow.
 	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen pytest -m "not slow" $(PYTEST_ARGS)
 
-lint:  ## ruff and mypy.
+lint: sync  ## ruff and mypy.
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy

@@ -306,7 +306,7 @@ def _metrics(sides: dict[str, Side], n_files: int) -> dict[str, float]:
 
 
 def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
-    """The README table (Markdown)."""
+    """The results table (Markdown), as docs/benchmarks.md shows it."""
     rows = [
         f"{m['documents']:.0f} documents, {m['chunks']:.0f} chunks "
         f"(max_tokens {cfg.max_tokens}, overlap {cfg.overlap_tokens}, "

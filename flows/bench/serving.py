@@ -425,7 +425,7 @@ def _metrics(
 
 
 def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
-    """The README table (Markdown)."""
+    """The results table (Markdown), as docs/benchmarks.md shows it."""
     ray = "ray_launch_live_s" in m
     head = "| measure | impetus | mlx-lm | ratio | goal |"
     if ray:

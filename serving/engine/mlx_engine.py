@@ -417,7 +417,7 @@ class MLXEngine:
         copies) through the malloc arena of the thread that loads, and MLX allocates on every op
         of every decode step from the thread that evaluates. Decoding from the thread that had
         loaded ran 6-8 % slower at one stream on the CPU backend (same weights, same loop; see
-        README, Measurements → Serving). The helper stays parked so that its arena is not handed
+        docs/decisions/weight-loader-thread.md). The helper stays parked so that its arena is not handed
         to a thread created later."""
         loaded: Future[tuple[Any, Any]] = Future()
 
