@@ -6,37 +6,15 @@ needs the MLX engine (serving/engine/mlx_engine.py) and takes a few minutes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from typing import Any
 
 import pytest
-
-from pipelines.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
 
-def test_quick_bench_logs_an_mlflow_run_with_every_metric(
-    tmp_path: Path, ready_models_dir: Path
-) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "models").symlink_to(ready_models_dir, target_is_directory=True)
-    env = {**os.environ, "IMPETUS_DATA_DIR": str(state)}
-    out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "bench", "serving", "--quick", "--json"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    result = json.loads(out.stdout[out.stdout.index("{") :])
+def test_quick_bench_logs_an_mlflow_run_with_every_metric(quick_bench: Any) -> None:
+    state, result = quick_bench("serving")
     assert "| 4 streams: aggregate tok/s |" in result["table"]
 
     import mlflow
