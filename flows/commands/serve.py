@@ -43,6 +43,13 @@ def _with_listen(s: Settings, host: str, port: int, insecure: bool) -> Settings:
     problem = startup_problem(s, host, keys_exist)
     if problem is not None:
         raise fail(problem)
+    if s.auth.mode == "on" and not keys_exist:
+        typer.secho(
+            "warning: auth.mode is on and no API key exists: every route but the health probes "
+            "will answer 401. Create one: impetus keys create --name N --role admin",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     if s.auth.insecure and not is_loopback(host):
         typer.secho(
             f"warning: serving on {host} without API keys (--insecure): anyone who reaches "

@@ -176,8 +176,9 @@ class _Window:
 class RequestLog:
     """Request log lines, written in batches by a thread (a request never waits on SQLite)."""
 
-    def __init__(self, store: KeyStore, flush_s: float = 0.5) -> None:
+    def __init__(self, store: KeyStore, retention_days: float, flush_s: float = 0.5) -> None:
         self._store = store
+        self._retention_days = retention_days
         self._queue: queue.SimpleQueue[RequestRecord | None] = queue.SimpleQueue()
         self._flush_s = flush_s
         self._thread: threading.Thread | None = None
@@ -198,7 +199,14 @@ class RequestLog:
 
     def _run(self) -> None:
         done = False
+        pruned = 0.0
         while not done:
+            if time.monotonic() - pruned > 3600:  # retention holds in a long-running server too
+                pruned = time.monotonic()
+                try:
+                    self._store.prune(self._retention_days)
+                except Exception as exc:
+                    log.warning("request_log.prune_failed", error=str(exc))
             batch: list[RequestRecord] = []
             deadline = time.monotonic() + self._flush_s
             while len(batch) < 512:
@@ -227,7 +235,7 @@ class Guard:
 
     def __post_init__(self) -> None:
         rl = self.settings.rate_limits
-        self.requests = RequestLog(self.store)
+        self.requests = RequestLog(self.store, self.settings.auth.request_log_days)
         self._limiter = MovingWindowRateLimiter(storage_from_string(rl.storage_uri))
         self._defaults: dict[RateClass, RateLimitItem] = {
             "inference": parse(rl.inference),
@@ -241,8 +249,7 @@ class Guard:
         return cls(settings, KeyStore.open(settings.data_dir))
 
     def start(self) -> None:
-        self.store.prune(self.settings.auth.request_log_days)
-        self.requests.start()
+        self.requests.start()  # prunes the request log past auth.request_log_days, then hourly
         if self.settings.auth.insecure and not is_loopback(self.settings.serve.host):
             log.warning(
                 "audit.insecure_start",
