@@ -185,6 +185,18 @@ class RateLimitSettings(_Section):
         except KeyStoreError as exc:
             raise ValueError(str(exc)) from exc
 
+    @field_validator("storage_uri")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        from limits.storage import SCHEMES
+
+        scheme = value.partition("://")[0]
+        if scheme not in SCHEMES or scheme.startswith("async+"):
+            raise ValueError(
+                f"unknown rate limit storage {value!r}: use memory:// or e.g. redis://host:6379"
+            )
+        return value
+
 
 class LogSettings(_Section):
     """Structured logging: one line per event on stderr."""

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 import structlog
 from fastapi import Request
 from limits import RateLimitItem, parse
@@ -243,6 +244,8 @@ class Guard:
         }
         self._failed = parse(rl.failed_auth)
         self._per_key: dict[str, RateLimitItem] = {}
+        # A remote store (redis://) answers over the network: check in a worker thread then.
+        self.blocking = not rl.storage_uri.startswith("memory://")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Guard:
@@ -385,7 +388,10 @@ async def authorize(request: Request) -> None:
     route = getattr(request.scope.get("route"), "path", request.url.path)
     access = access_of(request.method, route)
     request.scope.setdefault("state", {})["route"] = route
-    guard.check(request, access, route)
+    if guard.blocking:
+        await anyio.to_thread.run_sync(guard.check, request, access, route)
+    else:
+        guard.check(request, access, route)
 
 
 def principal(request: Request) -> Principal | None:

@@ -243,6 +243,16 @@ def test_failed_authentications_are_limited_per_address(server_factory: Any) -> 
     assert int(blocked.headers["retry-after"]) >= 1
 
 
+def test_checks_in_a_worker_thread_as_with_a_remote_limit_store(srv: Server) -> None:
+    """What a redis:// `rate_limits.storage_uri` makes the guard do (no Redis here)."""
+    srv.app.state.guard.blocking = True
+    _, token = srv.keys.create("threaded", "readonly")
+    r = srv.call("GET", "/v1/models", token)
+    assert r.status_code == 200 and _limit_headers(r)[:2] == (120, 119)
+    assert srv.call("GET", "/v1/models").status_code == 401
+    assert srv.call("POST", "/v1/embeddings", token).status_code == 403
+
+
 def test_the_request_log_feeds_usage(srv: Server) -> None:
     _, token = srv.keys.create("counted", "user")
     client = srv.sdk(token)
