@@ -8,11 +8,12 @@ a route missing from the table needs `admin` (tests/serving/http/test_auth.py fa
 Per request, `authorize`:
 1. finds the route's `Access`; public routes (health live/ready) pass, unlimited;
 2. when auth is on (`auth.mode`, see `Guard.enabled`), reads the token (`Authorization: Bearer`
-   or `x-api-key`), looks the key up in the database (so revocation and expiry hold at once),
+   or `x-api-key`), looks the key up in the database (so revocation and expiry hold at once) and
    refuses a missing or bad one with 401 `auth_required` (wrong tokens count against the client
-   address's `rate_limits.failed_auth`) and a role below the route's with 403;
+   address's `rate_limits.failed_auth`);
 3. counts the request against the key's bucket (the client address's when auth is off): past
-   it, 429 `rate_limited` with Retry-After.
+   it, 429 `rate_limited` with Retry-After;
+4. refuses a key whose role is below the route's with 403 `permission_denied`.
 `AccessMiddleware` adds the X-RateLimit-* headers to the response and writes the request log
 (`impetus keys usage` reads it). Audit events are `audit.*` log lines with the key's name.
 """
@@ -299,23 +300,8 @@ class Guard:
         key: ApiKey | None = None
         if access.role is not None and self.enabled():
             key = self._authenticate(request, client, route)
-            state["principal"] = Principal(key, client)
-            if not key.allows(access.role):
-                log.warning(
-                    "audit.auth_refused",
-                    key=key.name,
-                    role=key.role,
-                    needs=access.role,
-                    route=route,
-                    client=client,
-                )
-                raise APIError(
-                    "permission_denied",
-                    f"Key {key.name!r} has role {key.role!r}; {request.method} {route} needs "
-                    f"{access.role!r}. Ask an admin for a key with that role.",
-                )
-        principal = Principal(key, client)
-        state["principal"] = principal
+        principal = state["principal"] = Principal(key, client)
+        # Count before the role check: a refused request is a request (and carries the headers).
         if access.rate is not None and self.settings.rate_limits.enabled:
             bucket = f"key:{key.id}" if key is not None else f"addr:{client}"
             allowed, window = self._hit(self._item(access.rate, key), access.rate, bucket)
@@ -328,6 +314,20 @@ class Guard:
                     f"{'key ' + repr(key.name) if key else 'this address'}; retry in {retry} s.",
                     headers={"Retry-After": str(retry), **rate_headers(window)},
                 )
+        if key is not None and access.role is not None and not key.allows(access.role):
+            log.warning(
+                "audit.auth_refused",
+                key=key.name,
+                role=key.role,
+                needs=access.role,
+                route=route,
+                client=client,
+            )
+            raise APIError(
+                "permission_denied",
+                f"Key {key.name!r} has role {key.role!r}; {request.method} {route} needs "
+                f"{access.role!r}. Ask an admin for a key with that role.",
+            )
         return principal
 
     def _authenticate(self, request: Request, client: str, route: str) -> ApiKey:

@@ -137,6 +137,7 @@ def test_each_role_reaches_exactly_its_routes(srv: Server) -> None:
             assert _reached(r) == allowed, (role, method, path, r.status_code, r.text)
             if not allowed:
                 assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+                assert int(r.headers["x-ratelimit-remaining"]) >= 0  # refused, still counted
 
 
 def test_the_openai_sdk_with_each_role(srv: Server) -> None:
