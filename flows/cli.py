@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import bench, ingest, models, rag, serve, up
+from flows.commands import bench, ingest, keys, models, rag, serve, up
 from flows.console import set_verbose
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(models.app, name="models")
+app.add_typer(keys.app, name="keys")
 app.command("hardware")(models.hardware)
 app.command("ingest")(ingest.ingest)
 app.command("reindex")(ingest.reindex)

@@ -149,6 +149,55 @@ class BenchSettings(_Section):
     max_cost_rise: float = Field(default=0.30, ge=0)
 
 
+class AuthSettings(_Section):
+    """Who may call the HTTP API (serving/http/auth.py; keys from `impetus keys`, pipelines/keys.py)."""
+
+    # auto: keys are required once any key exists, or when the server listens off loopback;
+    # on: always required; off: never (and then a non-loopback address needs `--insecure`).
+    mode: Literal["auto", "on", "off"] = "auto"
+    # Serve off loopback without keys (what `impetus serve --insecure` sets); warned at each start.
+    insecure: bool = False
+    # Days the request log (feeding `impetus keys usage`) keeps its lines.
+    request_log_days: float = Field(default=30.0, gt=0)
+
+
+class RateLimitSettings(_Section):
+    """Requests per key (per client address without a key), `limits` notation: "60/minute"."""
+
+    # Inference, embeddings, RAG search and admin routes.
+    inference: str = "60/minute"
+    # Model list, health, hardware, metrics.
+    read: str = "120/minute"
+    # Failed authentications per client address.
+    failed_auth: str = "10/minute"
+    # Where counters live: memory:// (one process), or e.g. redis://host:6379 shared by replicas.
+    storage_uri: str = "memory://"
+    # Off: no limits and no X-RateLimit-* headers.
+    enabled: bool = True
+
+    @field_validator("inference", "read", "failed_auth")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from pipelines.keys import KeyStoreError, check_rate_limit
+
+        try:
+            return check_rate_limit(value)
+        except KeyStoreError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        from limits.storage import SCHEMES
+
+        scheme = value.partition("://")[0]
+        if scheme not in SCHEMES or scheme.startswith("async+"):
+            raise ValueError(
+                f"unknown rate limit storage {value!r}: use memory:// or e.g. redis://host:6379"
+            )
+        return value
+
+
 class LogSettings(_Section):
     """Structured logging: one line per event on stderr."""
 
@@ -176,6 +225,8 @@ class Settings(BaseSettings):
     rag: RagSettings = RagSettings()
     bench: BenchSettings = BenchSettings()
     log: LogSettings = LogSettings()
+    auth: AuthSettings = AuthSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
 
     @field_validator("data_dir")
     @classmethod

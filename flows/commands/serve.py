@@ -9,14 +9,56 @@ app and engine as Ray Serve deployments (serving/ray/deployments.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flows.console import domain_errors, fail, settings
 
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
 # The runner of POST /v1/rag/index that the Ray ingress imports (it cannot import flows itself).
 INDEX_RUNNER = "flows.ingest.runner:PrefectIndexRunner"
+
+
+def _with_listen(s: Settings, host: str, port: int, insecure: bool) -> Settings:
+    """The settings the server runs with: where it listens decides auth.mode auto (and the Ray
+    ingress gets them too); refuse an address off loopback that no key protects."""
+    from pipelines.keys import KeyStore
+    from serving.http.auth import is_loopback, startup_problem
+
+    s = s.model_copy(
+        update={
+            "serve": s.serve.model_copy(update={"host": host, "port": port}),
+            "auth": s.auth.model_copy(update={"insecure": insecure or s.auth.insecure}),
+        }
+    )
+    with domain_errors():
+        store = KeyStore.open(s.data_dir)
+        try:
+            keys_exist = store.any()
+        finally:
+            store.close()
+    problem = startup_problem(s, host, keys_exist)
+    if problem is not None:
+        raise fail(problem)
+    if s.auth.mode == "on" and not keys_exist:
+        typer.secho(
+            "warning: auth.mode is on and no API key exists: every route but the health probes "
+            "will answer 401. Create one: impetus keys create --name N --role admin",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    if s.auth.insecure and not is_loopback(host):
+        typer.secho(
+            f"warning: serving on {host} without API keys (--insecure): anyone who reaches "
+            f"port {port} can use every route. Create a key: impetus keys create --name N "
+            "--role admin",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    return s
 
 
 def serve(
@@ -33,11 +75,21 @@ def serve(
         Path | None,
         typer.Option(help="With --ray: the Ray Serve config to deploy (configs/serve.yaml)."),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve off loopback without API keys (anyone reaching the port may use it).",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the OpenAI-compatible API (chat, completions, embeddings, models, health, metrics)."""
+    """Serve the OpenAI-compatible API (chat, completions, embeddings, models, health, metrics).
+
+    Off loopback (--host 0.0.0.0) it needs an API key first (`impetus keys create`)."""
     s = settings()
     host = host or s.serve.host
     port = port or s.serve.port
+    s = _with_listen(s, host, port, insecure)
     if model is not None:
         from pipelines.models.store import ModelStore
 

@@ -20,11 +20,14 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.engine.manager import ModelManager
 from serving.http import errors
+from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
 from serving.http.routes import embeddings, generate, health, models, rag
@@ -103,8 +106,12 @@ def create_app(
     embedder_factory: EmbedderFactory | None = None,
     index_runner: IndexRunner | None = None,
     preload_default: bool = False,
+    guard: Guard | None = None,
 ) -> FastAPI:
-    """A new app serving `manager`'s models and the registry's embedding models."""
+    """A new app serving `manager`'s models and the registry's embedding models.
+
+    `guard` (default: one over `settings.data_dir`'s keys) decides who may call which route."""
+    guard = guard or Guard.from_settings(settings)
     pool = EmbedderPool(
         embedder_factory or _default_embedder_factory(settings),
         batch_tokens=settings.serve.embedding_batch_tokens,
@@ -118,6 +125,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        guard.start()
         manager.start()
         if preload_default and manager.default_model:
             manager.load_in_background(manager.default_model)
@@ -129,18 +137,36 @@ def create_app(
             await wait_closed(service)
             await manager.close()
             pool.close()
+            guard.close()
 
     app = FastAPI(
         title="Impetus",
         summary="OpenAI-compatible endpoint for local MLX models",
         lifespan=lifespan,
+        # Every route passes `authorize` (serving/http/auth.py); the docs are routes of their
+        # own below so that they pass it too (FastAPI's built-in ones would not).
+        dependencies=[Depends(authorize)],
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.guard = guard
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Impetus API")
+
     errors.install(app)
     for group in (generate, embeddings, models, health, rag):
         app.include_router(group.router)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serve.max_body_bytes)
+    app.add_middleware(AccessMiddleware, guard=guard)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: paths)
     return app

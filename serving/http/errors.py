@@ -1,7 +1,7 @@
 """Domain errors → OpenAI-shaped HTTP errors, in one place.
 
 Every error body is `{"error": {"message", "type", "param", "code"}}` with the codes of DESIGN.md
-(lower case), plus `queue_full` (503: the engine's bounded queue is full). Routes raise domain
+(lower case), plus `permission_denied` (403: the key's role is below the route's) and `queue_full` (503: the engine's bounded queue is full). Routes raise domain
 errors (from `pipelines`, `serving.engine.base`, `serving.engine.manager`; request validation is
 `InvalidRequestError`, engine failures `EngineError`) or `APIError`; `install(app)` registers the handlers that turn them into
 responses. Anything unexpected is logged with its traceback here and answered with a generic
@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
     "auth_required": (401, "authentication_error"),
+    "permission_denied": (403, "permission_error"),
     "model_not_found": (404, "invalid_request_error"),
     "rate_limited": (429, "rate_limit_error"),
     "queue_full": (503, "server_error"),

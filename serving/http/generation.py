@@ -18,6 +18,7 @@ import structlog
 from fastapi import Request
 
 from serving.engine.base import Delta, Engine, EngineError, GenerationRequest, TokenLogprob
+from serving.http.auth import add_tokens
 from serving.http.deps import ServingContext
 from serving.http.openai.schemas import PromptTokensDetails, Usage
 
@@ -151,6 +152,7 @@ class Generation:
             m = self.ctx.metrics
             m.prompt_tokens.labels(self.model).inc(delta.prompt_tokens)
             m.completion_tokens.labels(self.model).inc(seq.completion_tokens)
+            add_tokens(delta.prompt_tokens + seq.completion_tokens)
             m.record_sequence(
                 self.model, self.started, seq.first_token_at, now, seq.completion_tokens
             )

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from pipelines.embed.base import Embedder, truncate_dims
 from serving.engine.manager import ModelKindError
+from serving.http.auth import add_tokens
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.errors import APIError, EmbeddingError
 from serving.http.openai.schemas import (
@@ -74,6 +75,7 @@ async def embeddings(
         vectors = truncate_dims(vectors, body.dimensions)
     ctx.metrics.embedding_inputs.labels(body.model).inc(len(texts))
     ctx.metrics.embedding_tokens.labels(body.model).inc(tokens)
+    add_tokens(tokens)
     result = EmbeddingResponse(
         data=[
             EmbeddingData(index=i, embedding=_encode_vector(v, body.encoding_format))

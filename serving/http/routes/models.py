@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+import structlog
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from pipelines.models.store import ModelEntry
+from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.openai.schemas import ModelCard, ModelList, ModelRequest
 
+log = structlog.get_logger(__name__)
 router = APIRouter()
 
 
@@ -31,9 +34,13 @@ async def get_model(model_id: str, ctx: ServingContext = Depends(get_ctx)) -> JS
 
 
 @router.post("/api/models/load")
-async def load_model(body: ModelRequest, ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+async def load_model(
+    body: ModelRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
+) -> JSONResponse:
     """Load a registry model (LLM into the manager, embedding model into the pool)."""
     entry = ctx.manager.entry(body.model)  # 404 for a name outside the registry
+    who = principal(request)
+    log.info("audit.model_load", model=entry.name, key=who and who.name, client=who and who.client)
     started = time.perf_counter()
     if entry.kind == "embedding":
         await ctx.embedders.get(entry.name)
@@ -52,9 +59,15 @@ async def load_model(body: ModelRequest, ctx: ServingContext = Depends(get_ctx))
 
 
 @router.post("/api/models/unload")
-async def unload_model(body: ModelRequest, ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+async def unload_model(
+    body: ModelRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
+) -> JSONResponse:
     """Unload a model; unloading one that is not loaded is not an error."""
     entry = ctx.manager.entry(body.model)
+    who = principal(request)
+    log.info(
+        "audit.model_unload", model=entry.name, key=who and who.name, client=who and who.client
+    )
     if entry.kind == "embedding":
         was_loaded = ctx.embedders.unload(entry.name)
     else:

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends
+import structlog
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
 from serving.services.rag import RagService
 
+log = structlog.get_logger(__name__)
 router = APIRouter()
 
 
@@ -74,8 +77,19 @@ async def search(body: SearchRequest, ctx: ServingContext = Depends(get_ctx)) ->
 
 
 @router.post("/v1/rag/index", status_code=202)
-async def index(body: IndexRequest, ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
+async def index(
+    body: IndexRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
+) -> JSONResponse:
     job = await rag(ctx).start_index(body.paths, body.collection, body.prune)
+    who = principal(request)
+    log.info(
+        "audit.index_run",
+        run_id=job.to_dict().get("id"),
+        collection=body.collection,
+        paths=len(body.paths),
+        key=who and who.name,
+        client=who and who.client,
+    )
     return JSONResponse(job.to_dict(), status_code=202)
 
 
