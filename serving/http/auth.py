@@ -302,7 +302,10 @@ class Guard:
             key = self._authenticate(request, client, route)
         principal = state["principal"] = Principal(key, client)
         # Count before the role check: a refused request is a request (and carries the headers).
-        if access.rate is not None and self.settings.rate_limits.enabled:
+        # Without a key, a client on this machine is the machine's own user (auth off on
+        # loopback): limiting it would only throttle their benchmarks and agents.
+        limited = key is not None or not is_loopback(client)
+        if access.rate is not None and self.settings.rate_limits.enabled and limited:
             bucket = f"key:{key.id}" if key is not None else f"addr:{client}"
             allowed, window = self._hit(self._item(access.rate, key), access.rate, bucket)
             state["ratelimit"] = window

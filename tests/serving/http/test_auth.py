@@ -217,21 +217,30 @@ def test_a_keys_own_limit_answers_429_with_retry_after(srv: Server) -> None:
 
 
 def test_the_61st_inference_request_in_a_minute_is_429_by_default(server_factory: Any) -> None:
-    """Defaults (60/minute inference), auth off on loopback: counted per client address."""
+    """Defaults (60/minute inference) for a key without a limit of its own."""
     srv = server_factory("defaults")
+    _, token = srv.keys.create("plain", "user")
     url = "/v1/embeddings"
     for i in range(60):
-        r = srv.call("POST", url)
+        r = srv.call("POST", url, token)
         assert r.status_code == 200, r.text
         assert _limit_headers(r)[:2] == (60, 59 - i)
-    r = srv.call("POST", url)
+    r = srv.call("POST", url, token)
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
     assert int(r.headers["retry-after"]) >= 1 and _limit_headers(r)[:2] == (60, 0)
     # the read-only class has its own bucket (120/minute)
-    r = srv.call("GET", "/v1/models")
+    r = srv.call("GET", "/v1/models", token)
     assert r.status_code == 200 and _limit_headers(r)[:2] == (120, 119)
     # the public probes are never limited
     assert srv.call("GET", "/api/health/live").status_code == 200
+
+
+def test_no_limit_for_the_machines_own_user_without_keys(server_factory: Any) -> None:
+    """Auth off on loopback (no key exists): the local user's own load is never throttled."""
+    srv = server_factory("local")
+    for _ in range(61):
+        r = srv.call("POST", "/v1/embeddings")
+        assert r.status_code == 200 and "x-ratelimit-limit" not in r.headers
 
 
 def test_failed_authentications_are_limited_per_address(server_factory: Any) -> None:
