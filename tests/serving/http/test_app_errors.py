@@ -307,6 +307,7 @@ def test_metrics_are_prometheus_text(srv: Server) -> None:
 def test_load_unload_and_the_memory_budget(srv: Server) -> None:
     listed = {m["id"]: m for m in srv.http.get("/v1/models").json()["data"]}
     assert listed["fake-embed"]["kind"] == "embedding"
+    assert listed["fake-embed"]["sampling_defaults"] == {}
     r = srv.http.post("/api/models/load", json={"model": "fake-slow"})
     assert r.json()["status"] == "loaded"
     assert srv.http.get("/v1/models/fake-slow").json()["loaded"] is True
