@@ -121,7 +121,7 @@ BUILTINS = (
     # SmolLM2-135M-Instruct's model card samples at temperature 0.2, top_p 0.9: at OpenAI's
     # default temperature 1 the 135M model rambles ("KliBruJ, the capital city of France!").
     # A 1.1 repetition penalty stops its "la France, la France, ..." loops: "What is the capital
-    # of France?" over seeds 0-19 says Paris 10/20 at t=1, 15/20 at t=0.2, 20/20 with the penalty.
+    # of France?" says Paris 5/10 at t=1 (seeds 0-9), 15/20 at t=0.2, 20/20 with the penalty.
     _Builtin(
         "smollm2-135m-instruct",
         "llm",
