@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import warnings
 from typing import Any
 
 import structlog
@@ -59,6 +60,20 @@ def configure(level: str = "info", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Chatty dependencies stay at warning unless we debug.
-    for name in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # Chatty dependencies stay at warning unless we debug: Great Expectations logs "Skipping
+    # registering function ..." and a temporary docs-site folder at info on every context.
+    debug = level == "debug"
+    for name in (
+        "httpx",
+        "httpcore",
+        "urllib3",
+        "filelock",
+        "huggingface_hub",
+        "great_expectations",
+        "unstructured",
+    ):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        # bs4 warns once per XHTML page that it parses XML with an HTML parser: unstructured's
+        # choice, and harmless for text extraction.
+        warnings.filterwarnings("ignore", message="It looks like you're using an HTML parser")

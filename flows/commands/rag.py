@@ -28,6 +28,14 @@ CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Collection (rag.collection).")
 ]
 
+# What a hit's score means in each search mode (pipelines/retrieve/).
+SCORES = {
+    "hybrid": "reciprocal rank fusion, the sum over dense and BM25 of 1/({k} + rank); "
+    "only the order means something",
+    "dense": "cosine similarity of the embeddings (-1 to 1)",
+    "sparse": "BM25 (unbounded; higher is better)",
+}
+
 eval_app = typer.Typer(
     help="Evaluations: flows that log to MLflow and print a table.", no_args_is_help=True
 )
@@ -64,6 +72,9 @@ def search(
         return
     if not hits:
         typer.echo("no matching chunks")
+        return
+    used = mode or s.rag.search_mode
+    typer.secho(f"{used} search; score: {SCORES[used].format(k=s.rag.rrf_k)}", dim=True)
     for i, h in enumerate(hits, 1):
         where = h.get("section") or h["title"] or Path(h["source"]).name
         text = " ".join(h["text"].split())

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.engine.manager import ModelManager
-from serving.http import errors
+from serving.http import docs, errors
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
 from serving.http.routes import embeddings, generate, health, models, rag
@@ -134,8 +134,11 @@ def create_app(
         title="Impetus",
         summary="OpenAI-compatible endpoint for local MLX models",
         lifespan=lifespan,
+        docs_url=None,  # served from local files (serving/http/docs.py)
+        redoc_url=None,
     )
     app.state.ctx = ctx
+    docs.install(app)
     errors.install(app)
     for group in (generate, embeddings, models, health, rag):
         app.include_router(group.router)

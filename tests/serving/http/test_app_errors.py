@@ -440,3 +440,13 @@ def test_hardware_info_reports_the_embedding_backend_in_use(tmp_path: Path) -> N
         after = httpx.get(f"{url}/api/hardware/info", timeout=30).json()["embedding"]
     assert after["backend"] == "mlx" and after["loaded"] is True
     assert after["configured_backend"] == "coreml"
+
+
+def test_docs_work_offline(srv: Server) -> None:
+    page = srv.http.get("/docs")
+    assert page.status_code == 200
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text and "cdn." not in page.text
+    js = srv.http.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 500_000
+    assert srv.http.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert srv.http.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
