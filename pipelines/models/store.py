@@ -201,11 +201,18 @@ class ModelStore:
         )
 
     def resolve(self, name: str) -> Path:
-        """The folder to load for a ready model; a clear error otherwise."""
+        """The folder to load for a ready model, importing a built-in one first when it needs it
+        (it is local and takes seconds); a clear error otherwise."""
         entry = self.get(name)
+        builtin = next((b for b in BUILTINS if b.name == name), None)
+        if entry.status == "importable" and builtin is not None:
+            src = wheel_file(builtin.dist, builtin.marker)
+            assert src is not None  # importable means the source exists
+            self._import_gguf_to(src, Path(entry.path), name, None)
+            entry = self.get(name)
         if entry.status != "ready":
             hint = (
-                "run `impetus models import` (or `make setup`) to import the default models"
+                f"run `impetus models import {entry.source[5:]} --name {name} --overwrite`"
                 if entry.status == "importable"
                 else f"its source {entry.source} is gone; import or pull it again"
             )

@@ -62,8 +62,12 @@ def test_sampling_defaults_come_from_generation_config_else_the_builtin_choice(
 
 def test_resolving_an_unimported_or_unknown_model_says_what_to_do(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
-    with pytest.raises(ModelNotReadyError, match="impetus models import"):
-        store.resolve("smollm2-135m-instruct")
+    gguf = tmp_path / "mine.gguf"
+    gguf.write_bytes(b"GGUF")
+    store._register("mine", kind="llm", fmt="mlx", source=f"gguf:{gguf}", path=tmp_path / "mine")
+    assert store.get("mine").status == "importable"
+    with pytest.raises(ModelNotReadyError, match=f"impetus models import {gguf} --name mine"):
+        store.resolve("mine")
     with pytest.raises(ModelNotFoundError, match="known: smollm2-135m-instruct"):
         store.get("gpt-9")
 

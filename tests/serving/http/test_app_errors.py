@@ -342,11 +342,39 @@ def test_ready_is_503_until_the_default_model_loads(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/api/health/live").status_code == 200
         r = httpx.get(f"{url}/api/health/ready")
         _error(r, 503, "model_not_loaded")
+        assert ": loading it into memory (began " in r.json()["error"]["message"]
         deadline = time.monotonic() + 10
         while r.status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
             r = httpx.get(f"{url}/api/health/ready")
         assert r.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_fresh_data_dir_imports_the_builtin_model_and_ready_says_so(tmp_path: Path) -> None:
+    from pipelines.models.store import ModelStore
+
+    store = ModelStore(tmp_path / "models")  # nothing imported: the built-in LLM is importable
+    assert store.get("smollm2-135m-instruct").status == "importable"
+    manager = ModelManager(
+        store, lambda name, path: FakeEngine(name), default_model="smollm2-135m-instruct"
+    )
+    app = create_app(
+        serving_settings(tmp_path),
+        manager=manager,
+        embedder_factory=FakeEmbedder,
+        preload_default=True,
+    )
+    with uvicorn_server(app) as url:
+        r = httpx.get(f"{url}/api/health/ready", timeout=5)
+        _error(r, 503, "model_not_loaded")
+        assert "importing it from its wheel" in r.json()["error"]["message"]
+        deadline = time.monotonic() + 180
+        while r.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            r = httpx.get(f"{url}/api/health/ready", timeout=5)
+        assert r.status_code == 200, r.text
+    assert store.get("smollm2-135m-instruct").status == "ready"
 
 
 # -- the model manager on its own ----------------------------------------------------------------
