@@ -26,6 +26,21 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+_QUIET = (
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "filelock",
+    "huggingface_hub",
+    "great_expectations",
+    "unstructured",
+)
+
+
+def _quiet_filter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(_QUIET)
+
+
 def configure(level: str = "info", fmt: str = "console") -> None:
     """Route structlog and stdlib logging to one renderer on stderr."""
     renderer: Any = (
@@ -63,16 +78,12 @@ def configure(level: str = "info", fmt: str = "console") -> None:
     # Chatty dependencies stay at warning unless we debug: Great Expectations logs "Skipping
     # registering function ..." and a temporary docs-site folder at info on every context.
     debug = level == "debug"
-    for name in (
-        "httpx",
-        "httpcore",
-        "urllib3",
-        "filelock",
-        "huggingface_hub",
-        "great_expectations",
-        "unstructured",
-    ):
+    for name in _QUIET:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        # Some set their own modules' levels at import (great_expectations...types.base: INFO),
+        # so the handler drops their info lines too.
+        handler.addFilter(_quiet_filter)
     if not debug:
         # bs4 warns once per XHTML page that it parses XML with an HTML parser: unstructured's
         # choice, and harmless for text extraction.
