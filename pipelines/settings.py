@@ -10,15 +10,24 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from pipelines.errors import ImpetusError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "impetus.yaml"
@@ -260,12 +269,75 @@ def _config_path() -> Path:
     return Path(os.environ.get("IMPETUS_CONFIG", DEFAULT_CONFIG))
 
 
+class SettingsError(ImpetusError):
+    """A setting has a value it cannot take; the message names the key, the value and what is
+    allowed, in one line."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process, built once."""
-    return Settings()
+    """The settings of this process, built once; a bad setting is a `SettingsError`."""
+    return load_settings()
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Fresh settings with explicit overrides (tests, or a CLI flag that wins over everything)."""
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line for every bad setting: where it comes from, its value, what is allowed."""
+    return "; ".join(_describe_one(err) for err in exc.errors())
+
+
+def _describe_one(err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    env = "IMPETUS_" + "__".join(p.upper() for p in loc)
+    where = f"{env}={os.environ[env]}" if env in os.environ else f"{key} in {_config_path()}"
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(_fields(loc[:-1])) or "none"
+        return f"unknown setting {where} (allowed keys here: {known})"
+    if err["type"] == "value_error":  # a rule across keys (a validator's own message)
+        return f"bad setting {key}: {err['msg'].removeprefix('Value error, ')}"
+    value = err.get("input")
+    return f"bad setting {where}: {value!r} is not allowed; {_allowed(loc) or err['msg']}"
+
+
+def _fields(loc: list[str]) -> list[str]:
+    model: Any = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _allowed(loc: list[str]) -> str | None:
+    """What the field at `loc` takes: its choices, or its type and bounds."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    field = getattr(model, "model_fields", {}).get(loc[-1])
+    if field is None:
+        return None
+    ann = field.annotation
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return None
+    if get_origin(ann) is Literal:
+        return "allowed: " + ", ".join(repr(a) for a in get_args(ann))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    what = names.get(ann, getattr(ann, "__name__", str(ann)))
+    bounds = []
+    for m in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                bounds.append(f"{sign} {getattr(m, attr)}")
+    return f"allowed: {what}" + (f" {' and '.join(bounds)}" if bounds else "")

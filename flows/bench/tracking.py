@@ -1,7 +1,7 @@
 """The MLflow store every benchmark and evaluation logs to (SQLite under data_dir), the one
 logger of a bench's result, and the reader of an earlier run that `--compare-to` compares with.
 
-`mlflow ui --backend-store-uri sqlite:///data/state/mlflow.db` opens it.
+`impetus ui mlflow` opens it (flows/commands/ui.py).
 """
 
 from __future__ import annotations

@@ -38,11 +38,11 @@ def report(s: Settings, result: BenchResult, as_json: bool) -> None:
         typer.echo(result.table)
         for note in result.notes:
             typer.echo(f"note: {note}")
+        from flows.commands.ui import ui_command
+
         db = s.data_dir / "mlflow.db"
-        typer.echo(
-            f"\nMLflow run {result.run_id} ({db}); open it with "
-            f"`uv run mlflow ui --backend-store-uri sqlite:///{db}`"
-        )
+        typer.echo(f"\nMLflow run {result.run_id} in {db}; see it with `{ui_command('mlflow')}`")
+        typer.echo(f"its Prefect flow run: `{ui_command('prefect')}`")
         if result.files:
             typer.echo(f"files in {result.files}")
         if result.comparison:

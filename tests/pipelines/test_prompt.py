@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipelines.prompt import (
+    CITE_REMINDER,
     SYSTEM_PROMPT,
     assemble,
     block,
@@ -45,7 +46,7 @@ def test_dedupes_numbers_and_keeps_rank_order() -> None:
 
 
 def test_budget_counts_with_the_given_tokenizer() -> None:
-    base = words(SYSTEM_PROMPT.format(sources=""))
+    base = words(SYSTEM_PROMPT.format(sources="") + CITE_REMINDER)
     one = words(block(1, hit(0, "w " * 10)) + "\n\n")
     hits = [hit(0, "w " * 10), hit(1, "x " * 500), hit(2, "y " * 10)]
     ctx = assemble(hits, budget=base + 2 * one, count_tokens=words)
@@ -69,4 +70,8 @@ def test_messages_and_the_question() -> None:
     ctx = assemble([hit(0, "A tower with a lamp.")], budget=500, count_tokens=words)
     out = grounded_messages(msgs, ctx)
     assert out[0]["role"] == "system" and "[1] Title 0" in out[0]["content"]
-    assert "[1] or [2]" in out[0]["content"] and out[1:] == msgs
+    assert "Paris is the capital of France [1]." in out[0]["content"]
+    # the reminder follows the question; the earlier turns are as they were
+    assert out[1:-1] == msgs[:-1]
+    assert out[-1] == {"role": "user", "content": f"What is a lighthouse?\n\n{CITE_REMINDER}"}
+    assert msgs[-1]["content"] == "What is a lighthouse?"  # the caller's list is not changed

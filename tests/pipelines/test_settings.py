@@ -49,3 +49,43 @@ def test_bad_values_fail_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPETUS_EMBEDDING__BACKEND", "tpu")
     with pytest.raises(ValidationError, match="backend"):
         Settings()
+
+
+def test_a_bad_setting_is_one_line_with_key_value_and_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pipelines.settings import SettingsError
+
+    monkeypatch.setenv("IMPETUS_SERVE__PORT", "notaport")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "bad setting IMPETUS_SERVE__PORT=notaport: 'notaport' is not allowed; "
+        "allowed: an integer >= 1 and <= 65535"
+    )
+    monkeypatch.delenv("IMPETUS_SERVE__PORT")
+    monkeypatch.setenv("IMPETUS_RAG__SEARCH_MODE", "fuzzy")
+    with pytest.raises(SettingsError, match=r"allowed: 'hybrid', 'dense', 'sparse'$"):
+        load_settings()
+    monkeypatch.delenv("IMPETUS_RAG__SEARCH_MODE")
+    cfg = tmp_path / "impetus.yaml"
+    cfg.write_text("serve:\n  prot: 9001\n")
+    monkeypatch.setenv("IMPETUS_CONFIG", str(cfg))
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"unknown setting serve.prot in {cfg} (allowed keys here: host, port")
+    assert "\n" not in message
+
+
+def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "IMPETUS_SERVE__PORT": "notaport", "IMPETUS_DATA_DIR": str(tmp_path)}
+    r = subprocess.run(["impetus", "models", "list"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "error: bad setting IMPETUS_SERVE__PORT=notaport: 'notaport' is not allowed; "
+        "allowed: an integer >= 1 and <= 65535"
+    ]

@@ -8,10 +8,12 @@ too, except streamed chunks, which the routes build as plain dicts (hot path).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipelines.models.store import SamplingDefaults
 from serving.engine.base import SamplingParams
 
 # -- requests ------------------------------------------------------------------------------------
@@ -106,9 +108,14 @@ class _SamplingFields(_Request):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def _sampling(
-        self, max_tokens: int | None, logprobs: bool, top_logprobs: int
+        self,
+        max_tokens: int | None,
+        logprobs: bool,
+        top_logprobs: int,
+        defaults: SamplingDefaults | None,
     ) -> SamplingParams:
-        params = SamplingParams()
+        # The model's defaults (its registry entry) fill what the request omits, then the request.
+        params = replace(SamplingParams(), **(defaults.fields() if defaults else {}))
         if max_tokens is not None:
             params.max_tokens = max_tokens
         if self.temperature is not None:
@@ -145,10 +152,11 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, defaults: SamplingDefaults | None = None) -> SamplingParams:
+        """The engine's sampling: this body's fields over the model's `defaults`."""
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
         max_tokens = self.max_completion_tokens or self.max_tokens
-        return self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
+        return self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0, defaults)
 
 
 class CompletionRequest(_SamplingFields):
@@ -174,10 +182,11 @@ class CompletionRequest(_SamplingFields):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, defaults: SamplingDefaults | None = None) -> SamplingParams:
+        """The engine's sampling: this body's fields over the model's `defaults`."""
         # OpenAI's legacy completions default to 16 tokens.
         max_tokens = self.max_tokens if self.max_tokens is not None else 16
-        return self._sampling(max_tokens, self.logprobs is not None, self.logprobs or 0)
+        return self._sampling(max_tokens, self.logprobs is not None, self.logprobs or 0, defaults)
 
 
 class EmbeddingRequest(_Request):
@@ -312,6 +321,8 @@ class ModelCard(BaseModel):
     kind: str
     status: str
     loaded: bool
+    # the sampling a request that omits these fields gets (the model's generation defaults)
+    sampling_defaults: dict[str, float | int] = Field(default_factory=dict)
 
 
 class ModelList(BaseModel):

@@ -95,13 +95,14 @@ async def chat_completions(
     # tools, tool_choice, parallel_tool_calls, response_format: validated and translated once
     plan = translate.chat_plan(extra)
     tool_plan = plan.tool_plan
+    defaults = ctx.manager.entry(body.model).defaults  # 404 for a model outside the registry
 
     def requests(engine: Engine) -> list[GenerationRequest]:
         return translate.chat_requests(
             request_id,
             messages,
             plan,
-            body.sampling,
+            lambda: body.sampling(defaults),
             n=body.n,
             seed=body.seed,
             capabilities=engine.capabilities(),
@@ -202,8 +203,9 @@ async def completions(
     prompts = body.prompts()
     n = body.n
     constraint = translate.completion_constraint(dict(body.model_extra or {}))
+    defaults = ctx.manager.entry(body.model).defaults  # 404 for a model outside the registry
     reqs = translate.completion_requests(
-        request_id, prompts, constraint, body.sampling, n=n, seed=body.seed
+        request_id, prompts, constraint, lambda: body.sampling(defaults), n=n, seed=body.seed
     )
     gen, waiting = await generation.start(ctx, body.model, lambda engine: reqs, body.stream)
     created = int(time.time())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
@@ -11,6 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.errors import APIError
 from serving.http.metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from serving.engine.manager import LoadState
 
 router = APIRouter()
 
@@ -27,13 +31,24 @@ async def ready(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
     default = ctx.manager.default_model
     if default is not None and not ctx.manager.is_loaded(default):
         state = ctx.manager.load_states.get(default)
-        detail = f" (loading failed: {state.error})" if state and state.error else ""
         raise APIError(
             "model_not_loaded",
-            f"The default model {default!r} is not loaded yet{detail}.",
+            f"The default model {default!r} is not loaded yet: {_why(state)}.",
             headers={"Retry-After": "1"},
         )
     return JSONResponse({"status": "ready", "model": default})
+
+
+def _why(state: LoadState | None) -> str:
+    """What the default model is waiting for, in words."""
+    if state is None:
+        return "nothing is loading it (POST /api/models/load starts it)"
+    waited = f"{time.time() - state.started_at:.0f} s ago"
+    if state.state == "failed":
+        return f"loading failed: {state.error}"
+    if state.state == "importing":
+        return f"importing it from its wheel into MLX format (first start; began {waited})"
+    return f"loading it into memory (began {waited})"
 
 
 @router.get("/api/health/status")

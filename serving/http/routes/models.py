@@ -19,7 +19,13 @@ router = APIRouter()
 
 def _card(ctx: ServingContext, e: ModelEntry) -> ModelCard:
     loaded = ctx.manager.is_loaded(e.name) or e.name in ctx.embedders.loaded()
-    return ModelCard(id=e.name, kind=e.kind, status=e.status, loaded=loaded)
+    return ModelCard(
+        id=e.name,
+        kind=e.kind,
+        status=e.status,
+        loaded=loaded,
+        sampling_defaults=e.defaults.fields(),
+    )
 
 
 @router.get("/v1/models")

@@ -12,6 +12,8 @@ from pipelines.models.store import (
     ModelNotReadyError,
     ModelStore,
     ModelStoreError,
+    SamplingDefaults,
+    read_generation_config,
     wheel_file,
 )
 
@@ -33,10 +35,39 @@ def test_fresh_store_lists_the_builtins(tmp_path: Path) -> None:
     assert Path(emb.path, "model.safetensors").is_file() and emb.size > 80_000_000
 
 
+def test_sampling_defaults_come_from_generation_config_else_the_builtin_choice(
+    tmp_path: Path,
+) -> None:
+    # The GGUF import writes a generation_config.json without sampling: the built-in choice holds.
+    llm = ModelStore(tmp_path).get("smollm2-135m-instruct")
+    assert llm.defaults == SamplingDefaults(
+        temperature=0.2, top_p=0.9, repetition_penalty=1.1, source="impetus"
+    )
+    assert llm.defaults.describe() == "temperature=0.2 top_p=0.9 repetition_penalty=1.1"
+    assert ModelStore(tmp_path).get("all-minilm-l6-v2").defaults.fields() == {}
+    folder = tmp_path / "m"
+    folder.mkdir()
+    assert read_generation_config(folder) is None
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
+    assert read_generation_config(folder) is None
+    cfg = {"temperature": 0.6, "top_p": 0.95, "top_k": 20.0, "do_sample": True}
+    (folder / "generation_config.json").write_text(json.dumps(cfg))
+    got = read_generation_config(folder)
+    assert got is not None and got.fields() == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    (folder / "generation_config.json").write_text(json.dumps({**cfg, "do_sample": False}))
+    assert read_generation_config(folder) == SamplingDefaults(
+        temperature=0.0, source="generation_config.json"
+    )
+
+
 def test_resolving_an_unimported_or_unknown_model_says_what_to_do(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
-    with pytest.raises(ModelNotReadyError, match="impetus models import"):
-        store.resolve("smollm2-135m-instruct")
+    gguf = tmp_path / "mine.gguf"
+    gguf.write_bytes(b"GGUF")
+    store._register("mine", kind="llm", fmt="mlx", source=f"gguf:{gguf}", path=tmp_path / "mine")
+    assert store.get("mine").status == "importable"
+    with pytest.raises(ModelNotReadyError, match=f"impetus models import {gguf} --name mine"):
+        store.resolve("mine")
     with pytest.raises(ModelNotFoundError, match="known: smollm2-135m-instruct"):
         store.get("gpt-9")
 
@@ -103,7 +134,9 @@ def test_cli_models_list_json(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert set(rows) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
     for row in rows.values():
-        assert set(row) == {"name", "kind", "format", "path", "size", "status", "source"}
+        keys = {"name", "kind", "format", "path", "size", "status", "source", "defaults"}
+        assert set(row) == keys
+    assert rows["smollm2-135m-instruct"]["defaults"]["temperature"] == 0.2
 
 
 def test_cli_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:

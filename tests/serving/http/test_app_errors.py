@@ -307,6 +307,7 @@ def test_metrics_are_prometheus_text(srv: Server) -> None:
 def test_load_unload_and_the_memory_budget(srv: Server) -> None:
     listed = {m["id"]: m for m in srv.http.get("/v1/models").json()["data"]}
     assert listed["fake-embed"]["kind"] == "embedding"
+    assert listed["fake-embed"]["sampling_defaults"] == {}
     r = srv.http.post("/api/models/load", json={"model": "fake-slow"})
     assert r.json()["status"] == "loaded"
     assert srv.http.get("/v1/models/fake-slow").json()["loaded"] is True
@@ -341,11 +342,39 @@ def test_ready_is_503_until_the_default_model_loads(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/api/health/live").status_code == 200
         r = httpx.get(f"{url}/api/health/ready")
         _error(r, 503, "model_not_loaded")
+        assert ": loading it into memory (began " in r.json()["error"]["message"]
         deadline = time.monotonic() + 10
         while r.status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
             r = httpx.get(f"{url}/api/health/ready")
         assert r.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_fresh_data_dir_imports_the_builtin_model_and_ready_says_so(tmp_path: Path) -> None:
+    from pipelines.models.store import ModelStore
+
+    store = ModelStore(tmp_path / "models")  # nothing imported: the built-in LLM is importable
+    assert store.get("smollm2-135m-instruct").status == "importable"
+    manager = ModelManager(
+        store, lambda name, path: FakeEngine(name), default_model="smollm2-135m-instruct"
+    )
+    app = create_app(
+        serving_settings(tmp_path),
+        manager=manager,
+        embedder_factory=FakeEmbedder,
+        preload_default=True,
+    )
+    with uvicorn_server(app) as url:
+        r = httpx.get(f"{url}/api/health/ready", timeout=5)
+        _error(r, 503, "model_not_loaded")
+        assert "importing it from its wheel" in r.json()["error"]["message"]
+        deadline = time.monotonic() + 180
+        while r.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            r = httpx.get(f"{url}/api/health/ready", timeout=5)
+        assert r.status_code == 200, r.text
+    assert store.get("smollm2-135m-instruct").status == "ready"
 
 
 # -- the model manager on its own ----------------------------------------------------------------
@@ -439,3 +468,13 @@ def test_hardware_info_reports_the_embedding_backend_in_use(tmp_path: Path) -> N
         after = httpx.get(f"{url}/api/hardware/info", timeout=30).json()["embedding"]
     assert after["backend"] == "mlx" and after["loaded"] is True
     assert after["configured_backend"] == "coreml"
+
+
+def test_docs_work_offline(srv: Server) -> None:
+    page = srv.http.get("/docs")
+    assert page.status_code == 200
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text and "cdn." not in page.text
+    js = srv.http.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 500_000
+    assert srv.http.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert srv.http.get("/openapi.json").json()["paths"]["/v1/chat/completions"]

@@ -39,8 +39,11 @@ def _chat(client: openai.OpenAI, server: RunningServer, **kw: Any) -> Any:
 
 
 def test_models_lists_the_registry(client: openai.OpenAI, server: RunningServer) -> None:
-    ids = {m.id for m in client.models.list()}
-    assert {server.llm, server.embedding_model} <= ids
+    models = {m.id: m for m in client.models.list()}
+    assert {server.llm, server.embedding_model} <= set(models)
+    # the defaults a request without temperature gets (Impetus's extra field)
+    defaults = (models[server.llm].model_extra or {})["sampling_defaults"]
+    assert defaults == {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
 
 
 def test_chat_non_stream(client: openai.OpenAI, server: RunningServer) -> None:

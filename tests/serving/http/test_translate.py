@@ -195,3 +195,31 @@ def test_the_plan_the_route_parses_with_is_the_one_translated() -> None:
     assert plan.tool_plan is not None and not plan.tool_plan.parallel
     stream = tools.stream_for(plan.tool_plan)
     assert stream is not None and stream.max_calls == 1
+
+
+def test_omitted_sampling_fields_get_the_models_registry_defaults(ready_models_dir: Path) -> None:
+    from pipelines.models.store import ModelStore
+    from serving.http.openai.schemas import ChatCompletionRequest, CompletionRequest
+
+    defaults = ModelStore(ready_models_dir).get(MODEL).defaults  # the real entry
+    assert defaults.fields() == {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
+    msgs = [{"role": "user", "content": "hi"}]
+    bare = ChatCompletionRequest(model=MODEL, messages=msgs)
+    plan = translate.chat_plan({})
+    caps = EngineCapabilities()
+    (r,) = translate.chat_requests(
+        "rid", MESSAGES, plan, lambda: bare.sampling(defaults), n=1, seed=None,
+        capabilities=caps, model=MODEL,
+    )  # fmt: skip
+    assert (r.params.temperature, r.params.top_p, r.params.top_k) == (0.2, 0.9, 0)
+    assert r.params.repetition_penalty == 1.1
+    # what the request sends wins, field by field; a model without defaults keeps OpenAI's
+    sent = ChatCompletionRequest(model=MODEL, messages=msgs, temperature=0, top_k=5)
+    assert (sent.sampling(defaults).temperature, sent.sampling(defaults).top_p) == (0.0, 0.9)
+    assert sent.sampling(defaults).top_k == 5
+    assert (bare.sampling().temperature, bare.sampling().top_p) == (1.0, 1.0)
+    (c,) = translate.completion_requests(
+        "c", ["Once"], None, lambda: CompletionRequest(model=MODEL, prompt="x").sampling(defaults),
+        n=1, seed=None,
+    )  # fmt: skip
+    assert (c.params.temperature, c.params.top_p, c.params.max_tokens) == (0.2, 0.9, 16)
