@@ -27,8 +27,12 @@ def test_bad_requests_are_refused_with_a_reason(tmp_path: Path) -> None:
         store.quantize("all-minilm-l6-v2", 4)
     with pytest.raises(ModelStoreError, match="No model named 'nope'"):
         store.quantize("nope", 4)
-    with pytest.raises(ModelStoreError, match="impetus models import"):
-        store.quantize("smollm2-135m-instruct", 4)  # not imported in this empty store
+    # A model whose files are gone (a built-in one would be imported on first use instead).
+    store._register(
+        "gone", kind="llm", fmt="mlx", source="gguf:/no/such.gguf", path=tmp_path / "gone"
+    )
+    with pytest.raises(ModelStoreError, match="import or pull it again"):
+        store.quantize("gone", 4)
 
 
 def test_a_quantized_source_goes_through_its_16_bit_model(
