@@ -42,7 +42,10 @@ def test_flow_runs_report_to_the_ui_server_while_it_answers(
     settings: Settings, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for var in ("PREFECT_API_URL", "PREFECT_HOME"):
-        monkeypatch.delenv(var, raising=False)
+        # setenv first so that teardown restores the session's value (or absence): prefect_env
+        # sets these directly, and a delenv of an absent variable records nothing to undo.
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     prefect_env(settings)
     assert "PREFECT_API_URL" not in os.environ  # no UI server: Prefect's temporary one
     ui_server_file(settings).write_text(prefect_api + "\n")
@@ -55,7 +58,8 @@ def test_flow_runs_report_to_the_ui_server_while_it_answers(
 def test_a_recorded_server_that_is_gone_is_ignored(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setenv("PREFECT_HOME", str(settings.data_dir / "prefect"))
     (settings.data_dir / "prefect").mkdir(parents=True)
     with socket.socket() as s:
