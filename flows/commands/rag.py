@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -222,34 +222,19 @@ def print_sources(citations: list[dict[str, Any]]) -> None:
 @contextmanager
 def _local_server(s: Settings) -> Iterator[str]:
     """The server's app on a free 127.0.0.1 port of this process, for as long as a chat lasts."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     from flows.ingest.runner import PrefectIndexRunner
     from serving.engine.manager import ModelManager, mlx_engine_factory
     from serving.http.app import create_app
+    from serving.http.threaded import serve_in_thread
 
     manager = ModelManager.from_settings(s, mlx_engine_factory(s))
     app = create_app(s, manager=manager, index_runner=PrefectIndexRunner(s))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise fail("the in-process server did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(serve_in_thread(app, startup_timeout_s=120))
+        except RuntimeError:
+            raise fail("the in-process server did not start (see the log above)") from None
+        yield url
 
 
 @eval_app.command("retrieval")

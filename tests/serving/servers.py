@@ -9,11 +9,9 @@ error paths a real engine cannot produce on demand (queue overflow).
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from pipelines.settings import Settings, load_settings
 from serving.engine.base import Engine
 from serving.engine.manager import EngineFactory, ModelManager, mlx_engine_factory
 from serving.http.app import create_app
+from serving.http.threaded import serve_in_thread
 from tests.serving.fakes import FakeEngine, StoreWithFakes
 
 # Fake LLMs every in-process server also serves; each load builds a fresh engine.
@@ -69,32 +68,9 @@ def recording_factory(engines: dict[str, Any], fallback: EngineFactory | None) -
     return factory
 
 
-@contextmanager
-def uvicorn_server(app: Any) -> Iterator[str]:
+def uvicorn_server(app: Any) -> AbstractContextManager[str]:
     """Run `app` under a real uvicorn on a free 127.0.0.1 port, in a thread; yields its URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3, log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    return serve_in_thread(app)
 
 
 def serving_settings(tmp: Path, **serve: Any) -> Settings:
