@@ -50,7 +50,7 @@ async def stream_request(
     started = time.perf_counter()
     ttft = float("nan")
     tokens = 0
-    async with client.stream("POST", server.url + path, json=body) as r:
+    async with client.stream("POST", server.url + path, json=body, headers=server.headers) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{server.name} answered {r.status_code}: {await r.aread()!r}")
         async for line in r.aiter_lines():

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,7 @@ class Server:
     log: Path
     live_s: float = float("nan")
     ready_s: float = float("nan")
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (a key)
 
 
 def free_port() -> int:

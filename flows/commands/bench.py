@@ -142,6 +142,24 @@ def bench_structured(
     report(s, result, as_json)
 
 
+@app.command("auth")
+def bench_auth(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI-sized: 60 cheap requests and 8 tokens, one round.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """What keys and rate limits cost: /v1/models p50 added (≤ 1 ms), chat at 8 streams (≥ 0.98×)."""
+    s = _prepare()
+    from flows.bench.auth import AuthBenchConfig
+    from flows.bench.auth import bench_auth as flow
+
+    cfg = AuthBenchConfig.quick_config() if quick else AuthBenchConfig()
+    with domain_errors():
+        result = flow(cfg)
+    report(s, result, as_json)
+
+
 CompareOpt = Annotated[
     str | None,
     typer.Option(
