@@ -34,3 +34,14 @@ def ready_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     ModelStore(root).import_defaults()
     return root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`), every test that talks to a Ray cluster runs on one
+    worker: the session's Ray server (tests/serving/ray_server.py) then starts once, and two Ray
+    clusters never compete for this machine's cores."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_ray = callspec is not None and callspec.params.get("server") == "ray"
+        if on_ray or "tests/serving/ray/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("ray"))
