@@ -161,6 +161,14 @@ class BertTokenizer:
         return list(self._full.encode(self._prepare(text), add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text for `ids`; ValueError for an id outside the vocabulary (the tokenizer would
+        silently drop it, or overflow on a negative or huge one)."""
+        size = self._full.get_vocab_size(with_added_tokens=True)
+        for i, t in enumerate(ids):
+            if not 0 <= t < size:
+                raise ValueError(
+                    f"token id {t} (position {i}) is outside the vocabulary (0..{size - 1})"
+                )
         return self._full.decode(list(ids), skip_special_tokens=True)
 
 

@@ -11,6 +11,7 @@ responses. Anything unexpected is logged with its traceback here and answered wi
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import structlog
@@ -187,14 +188,20 @@ class CatchAllMiddleware:
             await APIError("inference_error", GENERIC_MESSAGE).response()(scope, receive, send)
 
 
+_UNION_TAG = re.compile(r"str|int|float|bool|none|[\w-]+\[.*\]")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "The request body is invalid.", None
-    first = errors[0]
+    # Of a union's branches, the one that says what is wrong with the value (a failed check)
+    # rather than that the value is not another branch's type.
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    # Drop pydantic's union-branch names ("str", "list[str]") from the location.
-    param = ".".join(p for p in loc if not p.startswith(("list[", "str", "function-")))
+    # Drop pydantic's union-branch names ("str", "list[str]", "function-after[...]") from the
+    # location, not the fields that merely start like one ("stream", "stop").
+    param = ".".join(p for p in loc if not _UNION_TAG.fullmatch(p))
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "json_invalid":
         return "The request body is not valid JSON.", None

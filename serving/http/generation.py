@@ -17,7 +17,14 @@ import anyio
 import structlog
 from fastapi import Request
 
-from serving.engine.base import Delta, Engine, EngineError, GenerationRequest, TokenLogprob
+from serving.engine.base import (
+    Delta,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    InvalidRequestError,
+    TokenLogprob,
+)
 from serving.http.auth import add_tokens
 from serving.http.deps import ServingContext
 from serving.http.openai.schemas import PromptTokensDetails, Usage
@@ -99,7 +106,17 @@ class Generation:
         gen = cls(ctx, model, stack)
         try:
             engine: Engine = await stack.enter_async_context(ctx.manager.use(model))
-            for req in requests(engine):
+            reqs = list(requests(engine))
+            limit = ctx.settings.serve.queue_limit
+            if len(reqs) > limit:
+                # a 503 would tell the client to retry a request that can never fit
+                raise InvalidRequestError(
+                    f"This request asks for {len(reqs)} sequences (prompts × n) and the server "
+                    f"takes at most {limit} at a time (serve.queue_limit): send fewer prompts "
+                    "or a smaller n per request.",
+                    param="n",
+                )
+            for req in reqs:
                 gen._iters.append(engine.generate(req))
                 gen.seqs.append(_Seq())
         except BaseException:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.models.store import SamplingDefaults
 from serving.engine.base import SamplingParams
@@ -19,8 +19,25 @@ from serving.engine.base import SamplingParams
 # -- requests ------------------------------------------------------------------------------------
 
 
+def _encodable(value: str) -> str:
+    """JSON can carry a lone surrogate ("\\ud800"); no tokenizer can encode one."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text is not valid Unicode: a lone surrogate at character {exc.start}"
+        ) from None
+    return value
+
+
+# Text that reaches a tokenizer.
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: a JSON string is not a number or a boolean ("stream": "yes" and "max_tokens": "10"
+    # are 400s, as OpenAI's own API answers), an integer is still a valid float.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class StreamOptions(BaseModel):
@@ -31,7 +48,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Text | list[dict[str, Any]] | None = None
     name: str | None = None
 
     @field_validator("content")
@@ -45,6 +62,7 @@ class ChatMessage(BaseModel):
                     raise ValueError(
                         "only text content parts ({'type': 'text', 'text': ...}) are supported"
                     )
+                _encodable(part["text"])
         return value
 
     def for_engine(self) -> dict[str, Any]:
@@ -160,7 +178,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
@@ -189,9 +207,14 @@ class CompletionRequest(_SamplingFields):
         return self._sampling(max_tokens, self.logprobs is not None, self.logprobs or 0, defaults)
 
 
+# A token id as JSON carries it: non-negative and within 32 bits (the model's own vocabulary is
+# checked where the tokenizer is known).
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+
+
 class EmbeddingRequest(_Request):
     model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: Text | list[Text] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None

@@ -63,7 +63,10 @@ async def embeddings(
             f"dimensions must be at most {embedder.dim} for {body.model!r}.",
             param="dimensions",
         )
-    texts = _texts(body, embedder)
+    try:
+        texts = _texts(body, embedder)
+    except ValueError as exc:  # a token id outside the model's vocabulary
+        raise APIError("invalid_request", f"input: {exc}", param="input") from None
     try:
         vectors, tokens = await ctx.embedders.encode(embedder, texts)
     except Exception as exc:
