@@ -119,10 +119,31 @@ def _function(i: int, tool: Any) -> dict[str, Any]:
         raise InvalidRequestError(
             f"tools[{i}].function.parameters must be a JSON schema object.", param="tools"
         )
+    problem = schema_problem(params)
+    if problem:
+        # checked whatever tool_choice says: "required" compiles the schemas into a grammar and
+        # would refuse it, so "auto" must too
+        raise InvalidRequestError(
+            f"tools[{i}].function.parameters is not a valid JSON schema: {problem}", param="tools"
+        )
     out = {"name": fn["name"], "parameters": params}
     if fn.get("description"):
         out["description"] = str(fn["description"])
     return out
+
+
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """What makes `schema` an invalid JSON schema under its own `$schema` (default 2020-12), or
+    None. jsonschema is imported on first use."""
+    from jsonschema import exceptions, validators
+
+    cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except exceptions.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        return f"{exc.message}" + (f" (at {where})" if where else "")
+    return None
 
 
 def native_tools(tool_plan: ToolPlan) -> list[dict[str, Any]]:
@@ -377,12 +398,12 @@ def finish_message(
     text: str, finish_reason: str | None, tool_plan: ToolPlan | None
 ) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:
     """(content, tool_calls, finish_reason) of a finished chat choice. A sequence cut off by
-    max_tokens keeps only the calls it completed."""
+    max_tokens keeps the call it was writing, with the arguments written so far (as a stream
+    delivers them, and as OpenAI answers): `finish_reason` stays "length", which tells the
+    client that the last call's arguments may be incomplete JSON."""
     if tool_plan is None:
         return text, None, finish_reason
     content, calls = parse_message(text, max_calls=None if tool_plan.parallel else 1)
-    if finish_reason == "length":
-        calls = [c for c in calls if _is_json(c.arguments)]
     if not calls:
         return (content or ""), None, finish_reason
     reason = "tool_calls" if finish_reason == "stop" else finish_reason
@@ -395,10 +416,3 @@ def stream_for(tool_plan: ToolPlan | None) -> ToolCallStream | None:
         return None
     return ToolCallStream(max_calls=None if tool_plan.parallel else 1)
 
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True

@@ -138,5 +138,15 @@ def test_finish_message_honours_parallel_and_length() -> None:
     assert content == "Let me check."
     cut = CALLS[: CALLS.rindex('"b"')]
     _, calls, reason = tools.finish_message(cut, "length", tools.plan({"tools": [WEATHER, ADD]}))
-    assert reason == "length" and calls is not None and len(calls) == 1  # only the whole call
+    # the whole first call, and the second as far as it was written (as the stream sent it)
+    assert reason == "length" and calls is not None and len(calls) == 2
+    assert json.loads(calls[0]["function"]["arguments"])
+    assert cut.endswith(calls[1]["function"]["arguments"])
     assert tools.finish_message("hi", "stop", None) == ("hi", None, "stop")
+
+
+@pytest.mark.parametrize("choice", ["auto", "required", "none"])
+def test_a_broken_tool_schema_is_refused_whatever_the_tool_choice(choice: str) -> None:
+    broken = {"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}
+    with pytest.raises(InvalidRequestError, match=r"not a valid JSON schema: .*objekt"):
+        tools.plan({"tools": [broken], "tool_choice": choice})
