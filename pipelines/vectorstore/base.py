@@ -36,6 +36,10 @@ class VectorStoreError(ImpetusError):
     """A vector store operation failed; the message says which and what to do."""
 
 
+class InvalidCollectionName(VectorStoreError, ValueError):
+    """A collection or alias name the store does not allow (the caller's mistake, a 400)."""
+
+
 class StoreLockedError(VectorStoreError):
     """Another process already owns the embedded store (DESIGN.md: one writer per store)."""
 
@@ -73,7 +77,7 @@ class CollectionInfo:
 def check_name(name: str) -> str:
     """Collection and alias names: letters, digits, `_ . -`; nothing that escapes a directory."""
     if not _NAME.match(name) or ".." in name:
-        raise VectorStoreError(
+        raise InvalidCollectionName(
             f"invalid collection name {name!r}: use letters, digits, '_', '.', '-' "
             "(at most 128 characters, starting with a letter or digit)"
         )

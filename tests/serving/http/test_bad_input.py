@@ -101,3 +101,17 @@ def test_more_sequences_than_the_queue_takes_is_a_400(server: RunningServer) -> 
     _invalid(_post(server, "/v1/chat/completions", chat), "n")
     ok = {"model": "fake-llm", "prompt": ["a", "b"], "n": 4, "max_tokens": 1}
     assert _post(server, "/v1/completions", ok).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "-x", "x" * 200])
+def test_an_invalid_collection_name_is_a_400(server: RunningServer, name: str) -> None:
+    r = _post(server, "/v1/rag/search", {"query": "ingest", "collection": name})
+    _invalid(r, "collection")
+    chat = {
+        "model": "fake-llm",
+        "messages": [{"role": "user", "content": "what does the ingest flow do?"}],
+        "max_tokens": 2,
+        "rag_mode": True,
+        "rag_collection": name,
+    }
+    _invalid(_post(server, "/v1/chat/completions", chat), "collection")
