@@ -415,4 +415,3 @@ def stream_for(tool_plan: ToolPlan | None) -> ToolCallStream | None:
     if tool_plan is None:
         return None
     return ToolCallStream(max_calls=None if tool_plan.parallel else 1)
-
