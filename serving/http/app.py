@@ -29,7 +29,10 @@ from serving.http import docs, errors
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
+from serving.http.redact import PathRedactionMiddleware, PathRedactor
+from serving.http.request_id import RequestIdMiddleware
 from serving.http.routes import embeddings, generate, health, models, rag
+from serving.http.security import SecurityMiddleware
 from serving.services.embedders import EmbedderFactory, EmbedderPool
 from serving.services.indexing import IndexRunner
 from serving.services.rag import RagService, wait_closed
@@ -162,7 +165,12 @@ def create_app(
         app.include_router(group.router)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)
+    app.add_middleware(PathRedactionMiddleware, redactor=PathRedactor.from_settings(settings))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serve.max_body_bytes)
     app.add_middleware(AccessMiddleware, guard=guard)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: paths)
+    # Outermost: Host and Origin checks, CORS, security headers (serving/http/security.py), and
+    # the request id every log line of the request carries (serving/http/request_id.py).
+    app.add_middleware(SecurityMiddleware, settings=settings)
+    app.add_middleware(RequestIdMiddleware)
     return app
