@@ -44,6 +44,10 @@ class CollectionNotFound(VectorStoreError):
     """A collection or alias that does not exist."""
 
 
+class InvalidCollectionName(VectorStoreError):
+    """A collection or alias name that `check_name` refuses (the caller's mistake: HTTP 400)."""
+
+
 @dataclass
 class PointRecord:
     """One point: the chunk id, its vector and its payload."""
@@ -73,7 +77,7 @@ class CollectionInfo:
 def check_name(name: str) -> str:
     """Collection and alias names: letters, digits, `_ . -`; nothing that escapes a directory."""
     if not _NAME.match(name) or ".." in name:
-        raise VectorStoreError(
+        raise InvalidCollectionName(
             f"invalid collection name {name!r}: use letters, digits, '_', '.', '-' "
             "(at most 128 characters, starting with a letter or digit)"
         )

@@ -29,6 +29,7 @@ from serving.http import docs, errors
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
+from serving.http.openapi import install as document_errors
 from serving.http.redact import PathRedactionMiddleware, PathRedactor
 from serving.http.request_id import RequestIdMiddleware
 from serving.http.routes import embeddings, generate, health, models, rag
@@ -163,6 +164,7 @@ def create_app(
     errors.install(app)
     for group in (generate, embeddings, models, health, rag):
         app.include_router(group.router)
+    document_errors(app)  # 400 and the error body, not FastAPI's 422 (serving/http/openapi.py)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)
     app.add_middleware(PathRedactionMiddleware, redactor=PathRedactor.from_settings(settings))

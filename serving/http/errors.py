@@ -137,10 +137,12 @@ def to_api_error(exc: BaseException) -> APIError:
 def _rag_error(exc: BaseException) -> APIError | None:
     """Retrieval and indexing (serving/services/rag.py, pipelines.retrieve, pipelines.vectorstore)."""
     from pipelines.retrieve import RetrievalError
-    from pipelines.vectorstore import CollectionNotFound, VectorStoreError
+    from pipelines.vectorstore import CollectionNotFound, InvalidCollectionName, VectorStoreError
     from serving.services.indexing import RagIndexError
     from serving.services.rag import RunNotFoundError
 
+    if isinstance(exc, InvalidCollectionName):
+        return APIError("invalid_request", str(exc), param="collection")
     if isinstance(exc, CollectionNotFound):
         return APIError("invalid_request", str(exc), param="collection", status=404)
     if isinstance(exc, RunNotFoundError):

@@ -48,6 +48,8 @@ def _why(state: LoadState | None) -> str:
     waited = f"{time.time() - state.started_at:.0f} s ago"
     if state.state == "failed":
         return f"loading failed: {state.error}"
+    if state.state == "loaded":  # since then unloaded
+        return "it was unloaded (POST /api/models/load loads it again)"
     if state.state == "importing":
         return f"importing it from its wheel into MLX format (first start; began {waited})"
     return f"loading it into memory (began {waited})"
