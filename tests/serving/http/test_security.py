@@ -21,6 +21,7 @@ import pytest
 
 from serving.http.security import HostPolicy, host_name, same_origin
 from tests.serving.http.fake_server import FakeServer, fake_servers
+from tests.serving.servers import RunningServer
 
 
 @pytest.fixture
@@ -353,3 +354,21 @@ def _bad_requests_name_no_path(srv: FakeServer) -> None:
         assert r.status_code < 500 or r.json()["error"]["code"] == "rag_index_error", r.text
         assert "Traceback" not in r.text and 'File "' not in r.text, r.text
         assert not any(root in r.text for root in roots), r.text
+
+
+# -- both serve modes ------------------------------------------------------------------------------
+
+
+def test_both_serve_modes_check_hosts_and_set_headers(server: RunningServer) -> None:
+    """`impetus serve` and `impetus serve --ray` (whose proxy sets X-Request-ID too)."""
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        ok = http.get("/v1/models", headers={"X-Request-ID": "both-modes-1"})
+        assert ok.status_code == 200
+        assert ok.headers["x-content-type-options"] == "nosniff"
+        assert set(ok.headers.get_list("x-request-id")) == {"both-modes-1"}
+        rebound = http.get("/api/health/ready", headers={"Host": "rebind.attacker.example"})
+        _is_api_error(rebound, 400, "invalid_request")
+        foreign = http.post(
+            "/v1/rag/index", json={"paths": ["/etc"]}, headers={"Origin": "http://evil.example"}
+        )
+        _is_api_error(foreign, 403, "permission_denied")
