@@ -11,7 +11,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,6 +228,34 @@ def test_docs_page_runs_only_its_own_scripts_under_its_csp(srv: FakeServer) -> N
         for url in urls:
             assert http.get(url).status_code == 200, url
         assert "'unsafe-eval'" not in csp["script-src"]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_docs_render_in_a_real_browser_under_the_csp(srv: FakeServer, tmp_path: Path) -> None:
+    """Headless Chromium enforces the page's CSP: Swagger UI must still run its scripts, fetch
+    /openapi.json and draw one block per operation."""
+    with httpx.Client(base_url=srv.url, timeout=10) as http:
+        paths = http.get("/openapi.json").json()["paths"]
+    operations = sum(len(methods) for methods in paths.values())
+    dom = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            f"{srv.url}/docs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # the tests' preloaded OpenBLAS is not for the browser (its GPU process dies of it)
+        env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
+    )
+    assert dom.stdout.count('class="opblock-summary-path"') == operations, dom.stderr[-3000:]
 
 
 # -- X-Request-ID ----------------------------------------------------------------------------------
