@@ -7,6 +7,7 @@ factory or a flow reads the environment. Nested keys use a double underscore in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -116,6 +117,43 @@ class ServeSettings(_Section):
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
     keepalive_s: float = Field(default=5.0, gt=0)
     embedding_batch_tokens: int = Field(default=8192, ge=1)
+    # Host names the server answers besides loopback names and `host` (serving/http/security.py):
+    # "impetus.lan", "*.example.com", or "*" (no check; behind a proxy that checks it).
+    allowed_hosts: list[str] = []
+    # Browser origins allowed to call the API (CORS), e.g. "http://localhost:5173"; the server's
+    # own origin is always allowed. "*" allows every origin.
+    cors_origins: list[str] = []
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for name in value:
+            bare = name.removeprefix("*.").strip("[]")
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(bare)  # an IPv6 address has colons
+                continue
+            if name != "*" and (not bare or any(c in bare for c in "/:*@ ")):
+                raise ValueError(
+                    f"{name!r} is not a host name: use a name or address without scheme or "
+                    "port (impetus.lan, 192.168.1.5), a wildcard (*.example.com) or *"
+                )
+        return [name.lower().rstrip(".").strip("[]") for name in value]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (
+                not sep or not scheme or not rest.rstrip("/") or "/" in rest.rstrip("/")
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: use scheme://host[:port] without a path "
+                    "(http://localhost:5173), or *"
+                )
+        return [origin.rstrip("/").lower() for origin in value]
 
 
 class RagSettings(_Section):

@@ -29,7 +29,11 @@ from serving.http import docs, errors
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
+from serving.http.openapi import install as document_errors
+from serving.http.redact import PathRedactionMiddleware, PathRedactor
+from serving.http.request_id import RequestIdMiddleware
 from serving.http.routes import embeddings, generate, health, models, rag
+from serving.http.security import SecurityMiddleware
 from serving.services.embedders import EmbedderFactory, EmbedderPool
 from serving.services.indexing import IndexRunner
 from serving.services.rag import RagService, wait_closed
@@ -160,9 +164,15 @@ def create_app(
     errors.install(app)
     for group in (generate, embeddings, models, health, rag):
         app.include_router(group.router)
+    document_errors(app)  # 400 and the error body, not FastAPI's 422 (serving/http/openapi.py)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)
+    app.add_middleware(PathRedactionMiddleware, redactor=PathRedactor.from_settings(settings))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serve.max_body_bytes)
     app.add_middleware(AccessMiddleware, guard=guard)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: paths)
+    # Outermost: Host and Origin checks, CORS, security headers (serving/http/security.py), and
+    # the request id every log line of the request carries (serving/http/request_id.py).
+    app.add_middleware(SecurityMiddleware, settings=settings)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -138,8 +138,7 @@ def to_api_error(exc: BaseException) -> APIError:
 def _rag_error(exc: BaseException) -> APIError | None:
     """Retrieval and indexing (serving/services/rag.py, pipelines.retrieve, pipelines.vectorstore)."""
     from pipelines.retrieve import RetrievalError
-    from pipelines.vectorstore import CollectionNotFound, VectorStoreError
-    from pipelines.vectorstore.base import InvalidCollectionName
+    from pipelines.vectorstore import CollectionNotFound, InvalidCollectionName, VectorStoreError
     from serving.services.indexing import RagIndexError
     from serving.services.rag import RunNotFoundError
 

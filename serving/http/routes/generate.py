@@ -75,10 +75,28 @@ def _completion_logprobs(lps: list[TokenLogprob], offset: int = 0) -> Completion
     return out
 
 
+# The OpenAPI document's 200: one JSON body, or with "stream": true server-sent events.
+STREAMABLE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            # one event: `data` is a JSON chunk, an error body, or "[DONE]"
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}},
+                    "required": ["data"],
+                }
+            },
+        }
+    }
+}
+
+
 # -- /v1/chat/completions -------------------------------------------------------------------------
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=STREAMABLE)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
 ) -> Response:
@@ -195,7 +213,7 @@ async def chat_completions(
 # -- /v1/completions ------------------------------------------------------------------------------
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, responses=STREAMABLE)
 async def completions(
     body: CompletionRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
 ) -> Response:

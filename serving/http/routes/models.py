@@ -12,6 +12,7 @@ from pipelines.models.store import ModelEntry
 from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.openai.schemas import ModelCard, ModelList, ModelRequest
+from serving.http.schemas import ModelLoaded, ModelUnloaded
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -28,13 +29,13 @@ def _card(ctx: ServingContext, e: ModelEntry) -> ModelCard:
     )
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=ModelList)
 async def list_models(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
     cards = [_card(ctx, e) for e in ctx.manager.entries()]
     return JSONResponse(ModelList(data=cards).model_dump(mode="json"))
 
 
-@router.get("/v1/models/{model_id}")
+@router.get("/v1/models/{model_id}", response_model=ModelCard)
 async def get_model(model_id: str, ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
     return JSONResponse(_card(ctx, ctx.manager.entry(model_id)).model_dump(mode="json"))
 
@@ -42,7 +43,7 @@ async def get_model(model_id: str, ctx: ServingContext = Depends(get_ctx)) -> JS
 @router.post("/api/models/load")
 async def load_model(
     body: ModelRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
-) -> JSONResponse:
+) -> ModelLoaded:
     """Load a registry model (LLM into the manager, embedding model into the pool)."""
     entry = ctx.manager.entry(body.model)  # 404 for a name outside the registry
     who = principal(request)
@@ -52,22 +53,19 @@ async def load_model(
         await ctx.embedders.get(entry.name)
     else:
         await ctx.manager.load(entry.name)
-    return JSONResponse(
-        {
-            "model": entry.name,
-            "kind": entry.kind,
-            "status": "loaded",
-            "seconds": round(time.perf_counter() - started, 3),
-            "memory_in_use_bytes": ctx.manager.memory_in_use(),
-            "memory_budget_bytes": ctx.manager.memory_budget_bytes,
-        }
+    return ModelLoaded(
+        model=entry.name,
+        kind=entry.kind,
+        seconds=round(time.perf_counter() - started, 3),
+        memory_in_use_bytes=ctx.manager.memory_in_use(),
+        memory_budget_bytes=ctx.manager.memory_budget_bytes,
     )
 
 
 @router.post("/api/models/unload")
 async def unload_model(
     body: ModelRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
-) -> JSONResponse:
+) -> ModelUnloaded:
     """Unload a model; unloading one that is not loaded is not an error."""
     entry = ctx.manager.entry(body.model)
     who = principal(request)
@@ -78,11 +76,9 @@ async def unload_model(
         was_loaded = ctx.embedders.unload(entry.name)
     else:
         was_loaded = await ctx.manager.unload(entry.name)
-    return JSONResponse(
-        {
-            "model": entry.name,
-            "kind": entry.kind,
-            "status": "unloaded" if was_loaded else "not_loaded",
-            "memory_in_use_bytes": ctx.manager.memory_in_use(),
-        }
+    return ModelUnloaded(
+        model=entry.name,
+        kind=entry.kind,
+        status="unloaded" if was_loaded else "not_loaded",
+        memory_in_use_bytes=ctx.manager.memory_in_use(),
     )

@@ -10,7 +10,7 @@ in serving/http/errors.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import structlog
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
+from serving.http.redact import PathRedactor
+from serving.http.schemas import IndexRun, RagStatus, SearchHit, SearchResults, index_run
 from serving.services.rag import RagService
 
 log = structlog.get_logger(__name__)
@@ -59,7 +61,7 @@ def rag(ctx: ServingContext) -> RagService:
 
 
 @router.post("/v1/rag/search")
-async def search(body: SearchRequest, ctx: ServingContext = Depends(get_ctx)) -> dict[str, Any]:
+async def search(body: SearchRequest, ctx: ServingContext = Depends(get_ctx)) -> SearchResults:
     s = ctx.settings.rag
     hits = await rag(ctx).search(
         body.query,
@@ -68,15 +70,14 @@ async def search(body: SearchRequest, ctx: ServingContext = Depends(get_ctx)) ->
         mode=body.mode,
         filter=body.filter,
     )
-    return {
-        "object": "list",
-        "collection": body.collection or s.collection,
-        "mode": body.mode or s.search_mode,
-        "data": [h.to_dict() for h in hits],
-    }
+    return SearchResults(
+        collection=body.collection or s.collection,
+        mode=body.mode or s.search_mode,
+        data=[SearchHit.model_validate(h.to_dict()) for h in hits],
+    )
 
 
-@router.post("/v1/rag/index", status_code=202)
+@router.post("/v1/rag/index", status_code=202, response_model=IndexRun)
 async def index(
     body: IndexRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
 ) -> JSONResponse:
@@ -94,10 +95,17 @@ async def index(
 
 
 @router.get("/v1/rag/runs/{run_id}")
-async def run(run_id: str, ctx: ServingContext = Depends(get_ctx)) -> dict[str, Any]:
-    return await anyio.to_thread.run_sync(rag(ctx).run, run_id)
+async def run(run_id: str, ctx: ServingContext = Depends(get_ctx)) -> IndexRun:
+    return index_run(await anyio.to_thread.run_sync(rag(ctx).run, run_id))
 
 
 @router.get("/v1/rag/status")
-async def status(ctx: ServingContext = Depends(get_ctx)) -> dict[str, Any]:
-    return await anyio.to_thread.run_sync(rag(ctx).status)
+async def status(ctx: ServingContext = Depends(get_ctx)) -> RagStatus:
+    raw = await anyio.to_thread.run_sync(rag(ctx).status)
+    # The store's folder (and a lock error naming it) is under data_dir: "<data_dir>/vectors".
+    redact = PathRedactor.from_settings(ctx.settings)
+    store = raw["store"]
+    for key in ("path", "error"):
+        if store.get(key):
+            store[key] = redact(store[key])
+    return RagStatus.model_validate({**raw, "runs": [index_run(r) for r in raw["runs"]]})

@@ -1,0 +1,60 @@
+"""X-Request-ID: one id per request, taken from the client or made here, echoed on the response
+and bound into structlog's context, so every log line written while the request runs carries it.
+
+A client's id is kept only when it is short and plain (`[A-Za-z0-9._:+=/-]`, at most 128
+characters: UUIDs, ULIDs, trace ids): anything else would let a caller write what it likes into
+the logs, so it is replaced by a fresh one (the response says which id the server used).
+Each request runs in its own task, whose copy of the context the binding lives in; it is unbound
+when the request ends all the same, for servers that reuse one context.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = "x-request-id"
+_VALID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's X-Request-ID when it is valid, else a new one (32 hex digits)."""
+    for name, value in scope.get("headers", ()):
+        if name == HEADER.encode():
+            given = value.decode("latin-1")
+            if _VALID.fullmatch(given):
+                return given
+            break
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Binds `request_id` for the request's log lines and sets X-Request-ID on its response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_of(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        raw = rid.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                message["headers"] = [*headers, (HEADER.encode(), raw)]
+            await send(message)
+
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
