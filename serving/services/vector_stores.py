@@ -37,6 +37,11 @@ class VectorStoreBusy(ImpetusError):
 _RUN_STATUS = {"pending": "in_progress", "running": "in_progress"}
 
 
+def _points(store: Any, physical: str) -> int:
+    info = store.collection_info(physical)
+    return info.points if info else 0
+
+
 class VectorStores:
     """The vector store routes' logic, over one app's `RagService`."""
 
@@ -46,7 +51,8 @@ class VectorStores:
     # -- stores ---------------------------------------------------------------------------------
 
     def _collections(self) -> dict[str, str]:
-        """Collection name -> physical collection, of the store this server owns."""
+        """Collection name -> physical collection, of the store this server owns; an empty one
+        that was not created through the API (a deleted vector store) is left out."""
         store = self.rag.retriever().store
         aliases = store.aliases()
         names = dict(aliases)
@@ -54,7 +60,12 @@ class VectorStores:
         for c in store.collections():
             if c not in targets and "__" not in c:
                 names[c] = c
-        return names
+        created = self.rag.uploads().vector_stores()
+        return {
+            name: physical
+            for name, physical in names.items()
+            if name in created or _points(store, physical)
+        }
 
     def _documents(self, physical: str | None) -> list[tuple[str, str]]:
         if physical is None:
@@ -220,9 +231,10 @@ class VectorStores:
     ) -> list[dict[str, Any]]:
         """The hybrid retriever's hits as vector_store.search results (none yet: empty)."""
         await anyio.to_thread.run_sync(self.get, vs_id)
+        where = await anyio.to_thread.run_sync(self._filter, filters)
         if vs_id not in await anyio.to_thread.run_sync(self._collections):
             return []  # created, nothing indexed yet
-        hits = await self.rag.search(query, collection=vs_id, k=k, filter=_filter(filters))
+        hits = await self.rag.search(query, collection=vs_id, k=k, filter=where)
         return [self._result(h) for h in hits]
 
     def _result(self, hit: SearchHit) -> dict[str, Any]:
@@ -243,28 +255,39 @@ class VectorStores:
             "content": [{"type": "text", "text": hit.text}],
         }
 
+    def _filter(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """OpenAI's comparison filter `{"type": "eq"|"in", "key", "value"}` (or an `and` of
+        them) onto the retriever's: keys `source` (as results show it), `doc_id`, and `file_id`
+        of an upload; other keys are a 400 from the retriever."""
+        if not filters:
+            return None
+        out: dict[str, Any] = {}
+        uploads = self.rag.uploads()
 
-def _filter(filters: dict[str, Any] | None) -> dict[str, Any] | None:
-    """OpenAI's comparison filter `{"type": "eq", "key": "doc_id"|"source", "value"}` (or an
-    `and`/`in` of them) onto the retriever's filter; other keys are a 400 from the retriever."""
-    if not filters:
-        return None
-    out: dict[str, Any] = {}
+        def upload_source(file_id: Any) -> str:
+            return str(uploads.path(uploads.get(str(file_id))).resolve())
 
-    def add(f: dict[str, Any]) -> None:
-        kind = f.get("type")
-        if kind == "and":
-            for sub in f.get("filters") or []:
-                add(sub)
-        elif kind in ("eq", "in"):
-            out[str(f.get("key"))] = f.get("value")
-        else:
-            from pipelines.retrieve import RetrievalError
+        def add(f: dict[str, Any]) -> None:
+            kind, key, value = f.get("type"), str(f.get("key")), f.get("value")
+            if kind == "and":
+                for sub in f.get("filters") or []:
+                    add(sub)
+            elif kind in ("eq", "in") and key == "file_id":
+                values = value if isinstance(value, list) else [value]
+                out["source"] = [upload_source(v) for v in values]
+            elif kind in ("eq", "in"):
+                out[key] = value
+            else:
+                _unsupported(kind)
 
-            raise RetrievalError(
-                f"filter type {kind!r} is not supported here: use eq or in (or and of them) on "
-                "source or doc_id"
-            )
+        add(filters)
+        return out
 
-    add(filters)
-    return out
+
+def _unsupported(kind: Any) -> None:
+    from pipelines.retrieve import RetrievalError
+
+    raise RetrievalError(
+        f"filter type {kind!r} is not supported here: use eq or in (or and of them) on "
+        "source, doc_id or file_id"
+    )

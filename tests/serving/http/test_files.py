@@ -261,7 +261,9 @@ def test_the_samples_root_is_the_default() -> None:
     settings = load_settings()
     roots = IndexRoots.from_settings(settings)
     assert (PROJECT_ROOT / "data" / "samples").resolve() in roots.roots
-    assert roots.uploads == (settings.data_dir / "uploads").resolve() and roots.uploads in roots.roots
+    assert (
+        roots.uploads == (settings.data_dir / "uploads").resolve() and roots.uploads in roots.roots
+    )
     assert roots.display(str(roots.uploads / "file-0" / "x.md")) == "uploads/x.md"
     sample = PROJECT_ROOT / "data" / "samples" / "impetus-overview.md"
     assert roots.display(str(sample.resolve())) == "samples/impetus-overview.md"
