@@ -79,15 +79,13 @@ class VectorStores:
     def _object(
         self, vs_id: str, physical: str | None, created: dict[str, tuple[str, dict[str, Any], int]]
     ) -> dict[str, Any]:
+        """OpenAI's `vector_store` object of a collection (or an API-created store)."""
         name, metadata, created_at = created.get(vs_id, (vs_id, {}, 0))
         files = self._files(vs_id, physical)
         counts = {s: 0 for s in ("in_progress", "completed", "failed", "cancelled")}
         for f in files:
             counts[f["status"]] += 1
-        usage = 0
-        if physical is not None:
-            info = self.rag.retriever().store.collection_info(physical)
-            usage = (info.points if info else 0) * 1536  # a rough figure, as OpenAI's is
+        usage = sum(int(f["usage_bytes"]) for f in files)  # the uploads' sizes
         return {
             "id": vs_id,
             "object": "vector_store",
