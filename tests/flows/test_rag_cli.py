@@ -95,6 +95,18 @@ def test_ingest_hands_off_to_the_server_that_owns_the_store(
     assert r.returncode == 1 and "no server on" in r.stderr
 
 
+def test_scheduled_runs_read_only_the_index_roots(data_dir: Path, tmp_path: Path) -> None:
+    """prefect.yaml's deployment runs `ingest_in_roots`: paths outside rag.index_roots fail
+    before anything is read, with the same error as POST /v1/rag/index's 403."""
+    from flows.ingest.flow import ingest_in_roots
+    from pipelines.roots import PathNotAllowed
+
+    docs = corpus(tmp_path / "docs", DOCS)
+    for path in ("/etc", str(docs), "../.."):
+        with pytest.raises(PathNotAllowed, match=r"rag\.index_roots"):
+            ingest_in_roots([path], collection="c")
+
+
 def test_chat_lists_each_document_once_with_its_numbers(capsys: pytest.CaptureFixture[str]) -> None:
     from flows.commands.rag import print_sources
 
