@@ -180,6 +180,11 @@ class RagSettings(_Section):
     snippet_chars: int = Field(default=240, ge=0)
     # rag_mode "auto" retrieves only when the best chunk scores at least this (dense cosine).
     auto_min_score: float = Field(default=0.3, ge=-1, le=1)
+    # Folders the server may index (POST /v1/rag/index, scheduled runs); relative ones are taken
+    # from the checkout's root. data_dir/uploads is always allowed besides (pipelines/roots.py).
+    index_roots: list[Path] = Field(default_factory=lambda: [Path("data/samples")])
+    # Largest file POST /v1/files accepts (bytes); past it 413 and nothing is kept.
+    upload_max_bytes: int = Field(default=16 << 20, ge=1024)
 
 
 class BenchSettings(_Section):

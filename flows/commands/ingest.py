@@ -81,6 +81,7 @@ def _store_owner(s: Settings) -> str | None:
     import httpx
 
     from pipelines.vectorstore import StoreLockedError, create_store, store_path
+    from serving.services.rag import store_fingerprint
 
     try:
         create_store(s).close()
@@ -93,7 +94,7 @@ def _store_owner(s: Settings) -> str | None:
     except (httpx.HTTPError, ValueError):
         status = None
     store = (status or {}).get("store", {})
-    if not store.get("owned") or store.get("path") != str(store_path(s)):
+    if not store.get("owned") or store.get("fingerprint") != store_fingerprint(store_path(s)):
         raise fail(
             f"the vector store at {store_path(s)} is open in another process and no server on "
             f"{url} owns it; stop that process, or start `impetus serve` and run this again"
@@ -112,6 +113,12 @@ def _hand_off(url: str, paths: list[str], collection: str, prune: bool) -> dict[
     typer.secho(f"the store is owned by the server at {url}: handing the run to it", err=True)
     body = {"paths": paths, "collection": collection, "prune": prune}
     r = httpx.post(f"{url}/v1/rag/index", json=body, timeout=300)
+    if r.status_code == 403 and _code(r) == "permission_denied" and "index_roots" in r.text:
+        raise fail(
+            "the server may not read these folders: add them to rag.index_roots in "
+            "configs/impetus.yaml (or IMPETUS_RAG__INDEX_ROOTS='[\"/path\", ...]'), then "
+            "restart the server and run this again"
+        )
     if r.status_code != 202:
         raise api_error(r)
     run_id = r.json()["id"]
@@ -128,6 +135,13 @@ def _hand_off(url: str, paths: list[str], collection: str, prune: bool) -> dict[
             if job["status"] == "failed":
                 raise fail(f"run {run_id} failed in the server: {job['error']}")
             time.sleep(0.5)
+
+
+def _code(r: Any) -> str | None:
+    try:
+        return str(r.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def reindex(collection: CollectionOpt = "default", as_json: JsonOpt = False) -> None:

@@ -655,6 +655,19 @@ def ingest(paths: list[str], collection: str = "default", prune: bool = False) -
     return run_ingest(_process_inputs(), paths, collection, prune, run_id=str(flow_run.id))
 
 
+@flow(name="ingest", validate_parameters=False)
+def ingest_in_roots(
+    paths: list[str], collection: str = "default", prune: bool = False
+) -> dict[str, Any]:
+    """`ingest` for deployments (prefect.yaml's scheduled runs, the Prefect UI): only paths
+    inside `rag.index_roots` (pipelines/roots.py), as `POST /v1/rag/index` allows."""
+    from pipelines.roots import IndexRoots
+
+    inputs = _process_inputs()
+    allowed = IndexRoots.from_settings(inputs.settings).allowed_all(paths)
+    return run_ingest(inputs, allowed, collection, prune, run_id=str(flow_run.id))
+
+
 @flow(name="reindex", validate_parameters=False)
 def reindex(collection: str = "default") -> dict[str, Any]:
     """Blue/green: rebuild `collection` with the current pipeline version, then switch to it."""

@@ -32,7 +32,7 @@ from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
 from serving.http.openapi import install as document_errors
 from serving.http.redact import PathRedactionMiddleware, PathRedactor
 from serving.http.request_id import RequestIdMiddleware
-from serving.http.routes import embeddings, generate, health, models, rag
+from serving.http.routes import embeddings, files, generate, health, models, rag, vector_stores
 from serving.http.security import SecurityMiddleware
 from serving.services.embedders import EmbedderFactory, EmbedderPool
 from serving.services.indexing import IndexRunner
@@ -43,16 +43,29 @@ if TYPE_CHECKING:
     from pipelines.settings import Settings
 
 
-class BodyLimitMiddleware:
-    """413 for a body larger than `max_bytes` (declared or streamed), before any route runs."""
+# Multipart framing (boundaries, part headers, the purpose field) an upload may add to its file.
+UPLOAD_OVERHEAD_BYTES = 64 << 10
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimitMiddleware:
+    """413 for a body larger than `max_bytes` (declared or streamed), before any route runs.
+
+    Paths in `streamed` (POST /v1/files) have their own limit and are not buffered here: the
+    declared length is checked, then the body is counted as the route reads it."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, streamed: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
+            return
+        if scope["path"] in self.streamed:
+            await self._streamed(scope, receive, send, self.streamed[scope["path"]])
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -84,12 +97,39 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        err = errors.APIError(
+    async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(scope, receive, send, limit, "rag.upload_max_bytes")
+            return
+        size = 0
+
+        async def counted() -> Message:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > limit:  # raised into the route's form parsing: its handler answers 413
+                raise self._error(limit, "rag.upload_max_bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _error(self, limit: int, setting: str) -> errors.APIError:
+        return errors.APIError(
             "invalid_request",
-            f"The request body is larger than {self.max_bytes} bytes (serve.max_body_bytes).",
+            f"The request body is larger than {limit} bytes ({setting}).",
             status=413,
         )
+
+    async def _reject(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        limit: int | None = None,
+        setting: str = "serve.max_body_bytes",
+    ) -> None:
+        err = self._error(limit or self.max_bytes, setting)
         await err.response()(scope, receive, send)
 
 
@@ -162,13 +202,17 @@ def create_app(
 
     docs.install(app)  # Swagger UI from local files (serving/http/docs.py)
     errors.install(app)
-    for group in (generate, embeddings, models, health, rag):
+    for group in (generate, embeddings, models, health, rag, files, vector_stores):
         app.include_router(group.router)
     document_errors(app)  # 400 and the error body, not FastAPI's 422 (serving/http/openapi.py)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)
     app.add_middleware(PathRedactionMiddleware, redactor=PathRedactor.from_settings(settings))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serve.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.serve.max_body_bytes,
+        streamed={"/v1/files": settings.rag.upload_max_bytes + UPLOAD_OVERHEAD_BYTES},
+    )
     app.add_middleware(AccessMiddleware, guard=guard)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: paths)
     # Outermost: Host and Origin checks, CORS, security headers (serving/http/security.py), and

@@ -83,6 +83,21 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/models/unload"): ADMIN,
     ("POST", "/v1/rag/index"): ADMIN,
     ("GET", "/v1/rag/runs/{run_id}"): ADMIN,
+    # uploads (serving/http/routes/files.py): adding and deleting is admin's, reading user's
+    ("POST", "/v1/files"): ADMIN,
+    ("GET", "/v1/files"): USE_READ,
+    ("GET", "/v1/files/{file_id}"): USE_READ,
+    ("GET", "/v1/files/{file_id}/content"): USE_READ,
+    ("DELETE", "/v1/files/{file_id}"): ADMIN,
+    # vector stores = collections (serving/http/routes/vector_stores.py)
+    ("POST", "/v1/vector_stores"): ADMIN,
+    ("GET", "/v1/vector_stores"): USE_READ,
+    ("GET", "/v1/vector_stores/{vector_store_id}"): USE_READ,
+    ("DELETE", "/v1/vector_stores/{vector_store_id}"): ADMIN,
+    ("POST", "/v1/vector_stores/{vector_store_id}/files"): ADMIN,
+    ("GET", "/v1/vector_stores/{vector_store_id}/files"): USE_READ,
+    ("GET", "/v1/vector_stores/{vector_store_id}/files/{file_id}"): USE_READ,
+    ("POST", "/v1/vector_stores/{vector_store_id}/search"): USE,
 }
 DEFAULT_ACCESS = ADMIN  # a route nobody put in the table: closed to all but admins
 

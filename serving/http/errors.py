@@ -138,12 +138,27 @@ def to_api_error(exc: BaseException) -> APIError:
 def _rag_error(exc: BaseException) -> APIError | None:
     """Retrieval and indexing (serving/services/rag.py, pipelines.retrieve, pipelines.vectorstore)."""
     from pipelines.retrieve import RetrievalError
+    from pipelines.roots import PathMissing, PathNotAllowed
+    from pipelines.uploads import FileNotFound, UploadError
     from pipelines.vectorstore import CollectionNotFound, InvalidCollectionName, VectorStoreError
     from serving.services.indexing import RagIndexError
     from serving.services.rag import RunNotFoundError
+    from serving.services.vector_stores import VectorStoreBusy, VectorStoreNotFound
 
     if isinstance(exc, InvalidCollectionName):
         return APIError("invalid_request", str(exc), param="collection")
+    if isinstance(exc, VectorStoreNotFound):
+        return APIError("invalid_request", str(exc), param="vector_store_id", status=404)
+    if isinstance(exc, VectorStoreBusy):
+        return APIError("invalid_request", str(exc), status=409)
+    if isinstance(exc, PathNotAllowed):  # one body for every refused path (pipelines/roots.py)
+        return APIError("permission_denied", str(exc), param="paths")
+    if isinstance(exc, PathMissing):
+        return APIError("invalid_request", str(exc), param="paths")
+    if isinstance(exc, UploadError):
+        return APIError("invalid_request", str(exc), param="file")
+    if isinstance(exc, FileNotFound):
+        return APIError("invalid_request", str(exc), param="file_id", status=404)
     if isinstance(exc, CollectionNotFound):
         return APIError("invalid_request", str(exc), param="collection", status=404)
     if isinstance(exc, RunNotFoundError):

@@ -162,7 +162,8 @@ class IndexRun(BaseModel):
 class StoreStatus(BaseModel):
     kind: str
     url: str | None = None
-    path: str | None = None  # under data_dir: shown as "<data_dir>/…"
+    # which store, without the server's path (a sha256 of it): `impetus ingest` compares it
+    fingerprint: str | None = None
     owned: bool
     error: str | None = None
 

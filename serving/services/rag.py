@@ -20,6 +20,7 @@ import anyio
 import structlog
 
 from pipelines.errors import ImpetusError
+from pipelines.roots import IndexRoots
 from serving.services.indexing import IndexRun, IndexRunner, RagIndexError
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from pipelines.prompt import Context
     from pipelines.retrieve import Retriever, SearchHit
     from pipelines.settings import Settings
+    from pipelines.uploads import UploadStore
     from pipelines.vectorstore import VectorStore
     from serving.engine.manager import ModelManager
     from serving.services.embedders import EmbedderPool
@@ -72,6 +74,31 @@ class RagService:
         self._store: VectorStore | None = None
         self._retriever: Retriever | None = None
         self._open_lock = threading.Lock()
+        # What may be indexed, and how documents' paths are shown (pipelines/roots.py).
+        self.roots = IndexRoots.from_settings(settings)
+        self._uploads: UploadStore | None = None
+
+    def uploads(self) -> UploadStore:
+        """The uploaded files' store (data_dir/uploads and files.sqlite3), opened on first use."""
+        with self._open_lock:
+            if self._uploads is None:
+                from pipelines.uploads import UploadStore
+
+                self._uploads = UploadStore.open(self.settings.data_dir)
+            return self._uploads
+
+    def public_hit(self, hit: SearchHit) -> dict[str, Any]:
+        """A search hit as clients see it: its source relative to its index root."""
+        return {**hit.to_dict(), "source": self.roots.display(hit.source)}
+
+    def public_run(self, run: dict[str, Any]) -> dict[str, Any]:
+        """An index run as clients see it: paths relative to their roots, errors scrubbed."""
+        out = dict(run)
+        if isinstance(out.get("paths"), list):
+            out["paths"] = [self.roots.display(p) for p in out["paths"]]
+        if isinstance(out.get("error"), str):
+            out["error"] = self.roots.scrub(out["error"], self.settings.data_dir)
+        return out
 
     # -- the store ---------------------------------------------------------------------------------
 
@@ -106,6 +133,9 @@ class RagService:
             if self._store is not None:
                 self._store.close()
             self._store = self._retriever = None
+            if self._uploads is not None:
+                self._uploads.close()
+                self._uploads = None
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -124,6 +154,13 @@ class RagService:
         With `min_dense_score`, return nothing unless the best dense match reaches it."""
         s = self.settings.rag
         mode = mode or s.search_mode
+        if filter and "source" in filter:  # clients know sources as `display` shows them
+            src = filter["source"]
+            absolute = self.roots.absolute
+            filter = {
+                **filter,
+                "source": [absolute(v) for v in src] if isinstance(src, list) else absolute(src),
+            }
         retriever = await anyio.to_thread.run_sync(self.retriever)
         vector = None
         if mode != "sparse" or min_dense_score is not None:
@@ -194,16 +231,30 @@ class RagService:
             )
         if not context.sources:
             return None
-        return Grounding(
-            grounded_messages(messages, context),
-            context.citations(self.settings.rag.snippet_chars),
-            context,
-        )
+        citations = context.citations(self.settings.rag.snippet_chars)
+        for c in citations:  # never the server's absolute paths
+            c["source"] = self.roots.display(str(c.get("source") or ""))
+        return Grounding(grounded_messages(messages, context), citations, context)
 
     # -- index runs --------------------------------------------------------------------------------
 
-    async def start_index(self, paths: list[str], collection: str, prune: bool) -> IndexRun:
-        """Start an index run on the runner (its id is known on return) against the open store."""
+    async def start_index(
+        self,
+        paths: list[str],
+        collection: str,
+        prune: bool,
+        file_ids: list[str] | None = None,
+    ) -> IndexRun:
+        """Start an index run on the runner (its id is known on return) against the open store.
+
+        `paths` must lie in the index roots (PathNotAllowed, the same for every path outside,
+        existing or not); `file_ids` name uploads (FileNotFound)."""
+        paths = self.roots.allowed_all(paths)
+        if file_ids:
+            uploads = await anyio.to_thread.run_sync(self.uploads)
+            paths += [str(uploads.path(uploads.get(f))) for f in file_ids]
+        if not paths:
+            raise RagIndexError("nothing to index: give paths or file_ids")
         if self.runner is None:
             raise RagIndexError(
                 "this server runs no index flows (create_app was given no index runner); run "
@@ -229,7 +280,7 @@ class RagService:
         """An index run by id: this server's run, else what lineage recorded of it."""
         job = self.runner.get(run_id) if self.runner is not None else None
         if job is not None:
-            return job.to_dict()
+            return self.public_run(job.to_dict())
         for r in self._lineage_runs(run_id=run_id):
             return {"id": run_id, "object": "rag.index_run", "flow_run_id": run_id, **r}
         raise RunNotFoundError(f"no index run {run_id!r}; POST /v1/rag/index starts one")
@@ -246,7 +297,8 @@ class RagService:
             "store": {
                 "kind": vs.kind,
                 "url": vs.url,
-                "path": None if vs.url else str(store_path(self.settings)),
+                # Which store, without the server's path: `impetus ingest` compares it with its own.
+                "fingerprint": None if vs.url else store_fingerprint(store_path(self.settings)),
                 "owned": False,
             },
             "defaults": {
@@ -260,7 +312,7 @@ class RagService:
         try:
             retriever = self.retriever()
         except StoreLockedError as e:
-            out["store"]["error"] = str(e)
+            out["store"]["error"] = self.roots.scrub(str(e), self.settings.data_dir)
             return out
         out["store"]["owned"] = True
         store = retriever.store
@@ -286,7 +338,7 @@ class RagService:
             )
         runs = self.runner.runs() if self.runner is not None else []
         jobs = sorted(runs, key=lambda j: j.created_at, reverse=True)
-        active = [j.to_dict() for j in jobs if j.active]
+        active = [self.public_run(j.to_dict()) for j in jobs if j.active]
         out["runs"] = active + self._lineage_runs(limit=10)
         return out
 
@@ -314,6 +366,14 @@ class RagService:
             return []
         with lin:
             return lin.runs(run_id=run_id, limit=limit)
+
+
+def store_fingerprint(path: Any) -> str:
+    """A store's identity that does not reveal its path (sha256 of the resolved path, 16 hex)."""
+    import hashlib
+    from pathlib import Path
+
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
 
 
 async def wait_closed(service: RagService) -> None:

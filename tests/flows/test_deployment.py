@@ -115,7 +115,8 @@ def prefect(args: list[str], env: dict[str, str], timeout: float = 180) -> str:
 def test_prefect_yaml_declares_a_nightly_cron_on_a_process_pool() -> None:
     config = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
     (dep,) = [d for d in config["deployments"] if d["name"] == "nightly-reindex"]
-    assert dep["entrypoint"] == "flows/ingest/flow.py:ingest"
+    # the `ingest` flow that reads only rag.index_roots (flows/ingest/flow.py)
+    assert dep["entrypoint"] == "flows/ingest/flow.py:ingest_in_roots"
     assert [s["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
     assert dep["work_pool"]["name"] == POOL
     (step,) = config["pull"]

@@ -47,9 +47,9 @@ def test_search_json_shape(data_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def owning_server(data_dir: Path) -> Iterator[dict[str, Any]]:
-    """A server on data_dir: it opens, and so owns, the embedded store."""
-    settings = load_settings(data_dir=data_dir)
+def owning_server(data_dir: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A server on data_dir: it opens, and so owns, the embedded store (and may index tmp_path)."""
+    settings = load_settings(data_dir=data_dir, rag={"index_roots": [str(tmp_path / "docs")]})
     manager = ModelManager.from_settings(settings, lambda name, path: FakeEngine(name))
     app = create_app(settings, manager=manager, index_runner=PrefectIndexRunner(settings))
     with uvicorn_server(app) as url:
@@ -85,9 +85,26 @@ def test_ingest_hands_off_to_the_server_that_owns_the_store(
     assert lines[0] == "Sources:" and len(lines) == 3  # two documents
     assert lines[1].startswith("  [1] ") and lines[1].endswith("kepler.md)")
     assert answer.strip()
+    # a folder outside the server's rag.index_roots: one line saying what to change
+    other = corpus(tmp_path / "other", DOCS)
+    r = run_cli(["ingest", str(other), "-c", "c"], data_dir, **env)
+    assert r.returncode == 1 and "add them to rag.index_roots" in r.stderr
+    assert "IMPETUS_RAG__INDEX_ROOTS" in r.stderr and "Traceback" not in r.stderr
     # with no server answering, a locked store is a clear error
     r = run_cli(["ingest", str(docs), "-c", "c"], data_dir, IMPETUS_SERVE__PORT="9")
     assert r.returncode == 1 and "no server on" in r.stderr
+
+
+def test_scheduled_runs_read_only_the_index_roots(data_dir: Path, tmp_path: Path) -> None:
+    """prefect.yaml's deployment runs `ingest_in_roots`: paths outside rag.index_roots fail
+    before anything is read, with the same error as POST /v1/rag/index's 403."""
+    from flows.ingest.flow import ingest_in_roots
+    from pipelines.roots import PathNotAllowed
+
+    docs = corpus(tmp_path / "docs", DOCS)
+    for path in ("/etc", str(docs), "../.."):
+        with pytest.raises(PathNotAllowed, match=r"rag\.index_roots"):
+            ingest_in_roots([path], collection="c")
 
 
 def test_chat_lists_each_document_once_with_its_numbers(capsys: pytest.CaptureFixture[str]) -> None:

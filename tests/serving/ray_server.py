@@ -9,6 +9,7 @@ and stops the process.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -101,7 +102,12 @@ def ray_server(
     tmp = tmp_path_factory.mktemp("ray")
     port = free_port()
     config = write_serve_config(tmp / "serve.yaml", port)
-    env = {**SERVE_ENV, "IMPETUS_DATA_DIR": str(state_dir(tmp, ready_models_dir))}
+    env = {
+        **SERVE_ENV,
+        "IMPETUS_DATA_DIR": str(state_dir(tmp, ready_models_dir)),
+        # the tests' corpora live in pytest's temporary folders
+        "IMPETUS_RAG__INDEX_ROOTS": json.dumps(["data/samples", str(tmp.parent)]),
+    }
     argv = [sys.executable, "-m", "flows.cli", "serve", "--ray"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--serve-config", str(config)]
     url = f"http://127.0.0.1:{port}"

@@ -74,7 +74,9 @@ def uvicorn_server(app: Any) -> AbstractContextManager[str]:
 
 
 def serving_settings(tmp: Path, **serve: Any) -> Settings:
-    return load_settings(data_dir=tmp / "state", serve={"keepalive_s": 0.5, **serve})
+    # The tests' corpora live in pytest's temporary folders (tmp is one of them): allowed roots.
+    rag = {"index_roots": ["data/samples", str(tmp.parent)]}
+    return load_settings(data_dir=tmp / "state", serve={"keepalive_s": 0.5, **serve}, rag=rag)
 
 
 @contextmanager

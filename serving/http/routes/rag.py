@@ -2,22 +2,27 @@
 in serving/http/errors.py.
 
     POST /v1/rag/search   {"query", "collection"?, "top_k"?, "mode"?, "filter"?: {"source", "doc_id"}}
-    POST /v1/rag/index    {"paths": [...], "collection"?, "prune"?}  → 202 {"id", "status", ...}
+    POST /v1/rag/index    {"paths"?: [...], "file_ids"?: [...], "collection"?, "prune"?}
+                                                                     → 202 {"id", "status", ...}
+
+Index runs read only paths inside `rag.index_roots` (and uploads); any other path gets one fixed
+403 whether or not it exists (pipelines/roots.py). Sources in responses are relative to their
+index root, never the server's absolute paths.
     GET  /v1/rag/runs/{id}                                           → the run's progress/summary
     GET  /v1/rag/status                                              → collections, versions, runs
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import anyio
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines.roots import PathNotAllowed
 from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.redact import PathRedactor
@@ -41,18 +46,19 @@ class SearchRequest(BaseModel):
 class IndexRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    paths: list[str] = Field(min_length=1)
+    # Paths on the server's machine, inside rag.index_roots (checked by the service, so that
+    # every refused path gets the same answer).
+    paths: list[str] = Field(default_factory=list, max_length=1000)
+    # Uploaded files (POST /v1/files).
+    file_ids: list[str] = Field(default_factory=list, max_length=1000)
     collection: str = Field("default", min_length=1)
     prune: bool = False
 
-    @field_validator("paths")
-    @classmethod
-    def _absolute_existing(cls, value: list[str]) -> list[str]:
-        # The server reads the files itself: paths are on the server's machine.
-        missing = [p for p in value if not Path(p).exists()]
-        if missing:
-            raise ValueError(f"no such file or directory on the server: {', '.join(missing)}")
-        return [str(Path(p).resolve()) for p in value]
+    @model_validator(mode="after")
+    def _something(self) -> IndexRequest:
+        if not self.paths and not self.file_ids:
+            raise ValueError("give paths (inside rag.index_roots) or file_ids (POST /v1/files)")
+        return self
 
 
 def rag(ctx: ServingContext) -> RagService:
@@ -73,7 +79,7 @@ async def search(body: SearchRequest, ctx: ServingContext = Depends(get_ctx)) ->
     return SearchResults(
         collection=body.collection or s.collection,
         mode=body.mode or s.search_mode,
-        data=[SearchHit.model_validate(h.to_dict()) for h in hits],
+        data=[SearchHit.model_validate(rag(ctx).public_hit(h)) for h in hits],
     )
 
 
@@ -81,17 +87,29 @@ async def search(body: SearchRequest, ctx: ServingContext = Depends(get_ctx)) ->
 async def index(
     body: IndexRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
 ) -> JSONResponse:
-    job = await rag(ctx).start_index(body.paths, body.collection, body.prune)
     who = principal(request)
+    try:
+        job = await rag(ctx).start_index(body.paths, body.collection, body.prune, body.file_ids)
+    except PathNotAllowed:
+        log.warning(
+            "audit.index_refused",
+            collection=body.collection,
+            key=who and who.name,
+            client=who and who.client,
+        )
+        raise
     log.info(
         "audit.index_run",
         run_id=job.to_dict().get("id"),
         collection=body.collection,
         paths=len(body.paths),
+        file_ids=len(body.file_ids),
         key=who and who.name,
         client=who and who.client,
     )
-    return JSONResponse(job.to_dict(), status_code=202)
+    return JSONResponse(
+        index_run(rag(ctx).public_run(job.to_dict())).model_dump(mode="json"), status_code=202
+    )
 
 
 @router.get("/v1/rag/runs/{run_id}")
@@ -102,10 +120,8 @@ async def run(run_id: str, ctx: ServingContext = Depends(get_ctx)) -> IndexRun:
 @router.get("/v1/rag/status")
 async def status(ctx: ServingContext = Depends(get_ctx)) -> RagStatus:
     raw = await anyio.to_thread.run_sync(rag(ctx).status)
-    # The store's folder (and a lock error naming it) is under data_dir: "<data_dir>/vectors".
-    redact = PathRedactor.from_settings(ctx.settings)
+    # A lock error names the store's folder, under data_dir: "<data_dir>/vectors".
     store = raw["store"]
-    for key in ("path", "error"):
-        if store.get(key):
-            store[key] = redact(store[key])
+    if store.get("error"):
+        store["error"] = PathRedactor.from_settings(ctx.settings)(store["error"])
     return RagStatus.model_validate({**raw, "runs": [index_run(r) for r in raw["runs"]]})

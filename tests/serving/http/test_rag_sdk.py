@@ -152,7 +152,8 @@ def test_status_and_errors(indexed: dict[str, Any], server: RunningServer) -> No
     bad = httpx.post(
         f"{server.base_url}/v1/rag/index", json={"paths": ["/no/such/dir"]}, timeout=30
     )
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    # outside rag.index_roots: refused without saying whether it exists
+    assert bad.status_code == 403 and bad.json()["error"]["code"] == "permission_denied"
     bad = httpx.post(
         f"{server.base_url}/v1/rag/search",
         json={"query": "x", "collection": COLLECTION, "filter": {"title": "x"}},
