@@ -25,6 +25,7 @@ from serving.engine.manager import ModelManager, mlx_engine_factory
 from serving.http.app import create_app
 from tests.flows.conftest import prefect_harness  # noqa: F401 (session fixture)
 from tests.serving.fakes import StoreWithFakes
+from tests.serving.http.test_auth import server_factory  # noqa: F401 (fixture)
 from tests.serving.http.test_rag_sdk import COLLECTION, CORPUS, indexed  # noqa: F401 (fixture)
 from tests.serving.servers import (
     FAKE_LLMS,
@@ -364,9 +365,7 @@ def _serve(models_dir: Path, data_dir: Path) -> Iterator[str]:
         yield url
 
 
-def test_previous_response_id_after_a_restart(
-    ready_models_dir: Path, tmp_path: Path
-) -> None:
+def test_previous_response_id_after_a_restart(ready_models_dir: Path, tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
     llm = load_settings().models.llm
     with _serve(ready_models_dir, data_dir) as url:
@@ -389,3 +388,26 @@ def test_previous_response_id_after_a_restart(
     assert second.previous_response_id == first.id
     texts = [i.content[0].text for i in items.data]  # type: ignore[union-attr]
     assert texts == ["My name is Ada.", first.output_text, "What is my name?"]
+
+
+def test_a_stored_response_is_visible_to_its_key_only(server_factory: Any) -> None:  # noqa: F811
+    """Keys on (tests/serving/http/test_auth.py's server): another user key gets a 404, an
+    admin key reads it."""
+    srv = server_factory()
+    _, alice = srv.keys.create("alice", "user")
+    _, bob = srv.keys.create("bob", "user")
+    _, admin = srv.keys.create("root", "admin")
+    r = srv.sdk(alice).responses.create(model="fake-llm", input="hi", max_output_tokens=3)
+    assert srv.sdk(alice).responses.retrieve(r.id).id == r.id
+    assert srv.sdk(admin).responses.retrieve(r.id).id == r.id
+    with pytest.raises(openai.NotFoundError):
+        srv.sdk(bob).responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        srv.sdk(bob).responses.input_items.list(r.id)
+    with pytest.raises(openai.NotFoundError):
+        srv.sdk(bob).responses.create(
+            model="fake-llm", previous_response_id=r.id, input="and?", max_output_tokens=2
+        )
+    with pytest.raises(openai.NotFoundError):
+        srv.sdk(bob).responses.delete(r.id)
+    srv.sdk(alice).responses.delete(r.id)
