@@ -230,6 +230,12 @@ async def _prepare(body: ResponseRequest, request: Request, ctx: ServingContext)
     items: list[dict[str, Any]] = []
     if body.previous_response_id:
         _, prev = _responses(request).find(request, body.previous_response_id)
+        if prev.response.get("status") not in TERMINAL:
+            raise InvalidRequestError(
+                f"Response {prev.id!r} is still {prev.response.get('status')}; continue from it "
+                "once it has ended (or cancel it).",
+                param="previous_response_id",
+            )
         items = history(prev.items, prev.response.get("output") or [])
     items += input_items(body.input)
     messages = to_messages(items, body.instructions)
