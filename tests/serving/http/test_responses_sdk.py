@@ -279,6 +279,23 @@ def test_cancel_a_background_response(client: openai.OpenAI, server: RunningServ
         client.responses.cancel(done.id)
 
 
+def test_cancel_a_streaming_response(client: openai.OpenAI, server: RunningServer) -> None:
+    kinds: list[str] = []
+    response_id = ""
+    with client.responses.create(
+        model="fake-slow", input="Write a long story.", stream=True, max_output_tokens=400
+    ) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.created":
+                response_id = event.response.id
+            elif event.type == "response.output_text.delta" and kinds.count(event.type) == 2:
+                assert client.responses.cancel(response_id).status == "cancelled"
+    assert kinds.count("response.output_text.delta") < 40  # the stream ended early
+    assert "response.completed" not in kinds
+    assert client.responses.retrieve(response_id).status == "cancelled"
+
+
 def test_input_tokens_counts_the_prompt(client: openai.OpenAI, server: RunningServer) -> None:
     counted = client.responses.input_tokens.count(model=server.llm, input=QUESTION)
     r = client.responses.create(model=server.llm, input=QUESTION, max_output_tokens=1)
