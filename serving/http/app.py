@@ -32,7 +32,16 @@ from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
 from serving.http.openapi import install as document_errors
 from serving.http.redact import PathRedactionMiddleware, PathRedactor
 from serving.http.request_id import RequestIdMiddleware
-from serving.http.routes import embeddings, files, generate, health, models, rag, vector_stores
+from serving.http.routes import (
+    embeddings,
+    files,
+    generate,
+    health,
+    models,
+    rag,
+    responses,
+    vector_stores,
+)
 from serving.http.security import SecurityMiddleware
 from serving.services.embedders import EmbedderFactory, EmbedderPool
 from serving.services.indexing import IndexRunner
@@ -202,7 +211,7 @@ def create_app(
 
     docs.install(app)  # Swagger UI from local files (serving/http/docs.py)
     errors.install(app)
-    for group in (generate, embeddings, models, health, rag, files, vector_stores):
+    for group in (generate, embeddings, models, health, rag, files, vector_stores, responses):
         app.include_router(group.router)
     document_errors(app)  # 400 and the error body, not FastAPI's 422 (serving/http/openapi.py)
     paths = route_paths(app)
