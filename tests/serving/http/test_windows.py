@@ -6,6 +6,7 @@ every server mode: /v1/models says each model's window, a prompt longer than it 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_the_rule() -> None:
     with pytest.raises(ContextLengthError) as exc:
         fit_window(8192, 1, 8192, model="m", param="prompt")
     assert "8192" in str(exc.value) and exc.value.param == "prompt"
+    copy = pickle.loads(pickle.dumps(exc.value))  # it crosses Ray in --ray mode
+    assert (str(copy), copy.param, copy.context_window) == (str(exc.value), "prompt", 8192)
 
 
 def _window(client: openai.OpenAI, server: RunningServer) -> int:
