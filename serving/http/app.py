@@ -37,9 +37,11 @@ from serving.http.routes import (
     files,
     generate,
     health,
+    messages,
     models,
     rag,
     responses,
+    tokenize,
     vector_stores,
 )
 from serving.http.security import SecurityMiddleware
@@ -139,7 +141,7 @@ class BodyLimitMiddleware:
         setting: str = "serve.max_body_bytes",
     ) -> None:
         err = self._error(limit or self.max_bytes, setting)
-        await err.response()(scope, receive, send)
+        await err.response(scope.get("path", ""))(scope, receive, send)
 
 
 def _default_embedder_factory(settings: Settings) -> EmbedderFactory:
@@ -211,7 +213,8 @@ def create_app(
 
     docs.install(app)  # Swagger UI from local files (serving/http/docs.py)
     errors.install(app)
-    for group in (generate, embeddings, models, health, rag, files, vector_stores, responses):
+    routers = (generate, messages, tokenize, embeddings, models, health, rag, files, vector_stores)
+    for group in (*routers, responses):
         app.include_router(group.router)
     document_errors(app)  # 400 and the error body, not FastAPI's 422 (serving/http/openapi.py)
     paths = route_paths(app)
