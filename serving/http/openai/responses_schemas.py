@@ -144,6 +144,10 @@ class ResponseRequest(BaseModel):
                 'text.format.type must be "text", "json_object" or "json_schema".',
                 param="text.format",
             )
+        # `reasoning.effort` reaches thinking templates as chat's `reasoning_effort` does
+        effort = (self.model_extra or {}).get("reasoning") or {}
+        if isinstance(effort, dict) and isinstance(effort.get("effort"), str):
+            extra["reasoning_effort"] = effort["effort"]
         return extra
 
 

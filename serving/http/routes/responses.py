@@ -38,7 +38,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from serving.engine.base import GenerationRequest, InvalidRequestError
-from serving.http import generation
+from serving.engine.window import context_window_of
+from serving.http import generation, reasoning
 from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.errors import GENERIC_MESSAGE, APIError, log_unexpected, to_api_error
@@ -173,12 +174,8 @@ def _owner(request: Request) -> str | None:
 
 
 def _context_window(ctx: ServingContext, model: str) -> int | None:
-    """The model's window: its config's max_position_embeddings, as the MLX engine reads it."""
-    try:
-        cfg = json.loads((Path(ctx.manager.entry(model).path) / "config.json").read_text())
-        return int(cfg["max_position_embeddings"])
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
+    """The model's window (serving/engine/window.py: what GET /v1/models says)."""
+    return context_window_of(ctx.manager.entry(model).path)
 
 
 def _drop_oldest(messages: list[dict[str, Any]]) -> bool:
@@ -225,6 +222,7 @@ class _Prepared:
     plan: translate.ChatPlan
     tokens: int
     found: file_search.FileSearchResult | None
+    think: reasoning.ReasoningFormat | None = None  # the model's reasoning tags, if it thinks
 
 
 async def _prepare(body: ResponseRequest, request: Request, ctx: ServingContext) -> _Prepared:
@@ -252,7 +250,8 @@ async def _prepare(body: ResponseRequest, request: Request, ctx: ServingContext)
         found = await file_search.search(ctx.rag, body.model, messages, tool, new_id("fs"))
         messages = found.messages
     messages, tokens = await _fit(ctx, body.model, messages, plan, body.truncation)
-    return _Prepared(items, messages, plan, tokens, found)
+    think = reasoning.format_for(ctx.settings.reasoning, body.model)
+    return _Prepared(items, messages, plan, tokens, found, think)
 
 
 def _response_object(
@@ -292,10 +291,15 @@ def _response_object(
 class _Output:
     """Builds a run's output items from the text the engine generates, emitting the events."""
 
-    def __init__(self, run: _Run, plan: translate.ChatPlan) -> None:
+    def __init__(
+        self, run: _Run, plan: translate.ChatPlan, think: reasoning.ReasoningFormat | None
+    ) -> None:
         self.run = run
         self.output: list[dict[str, Any]] = run.response["output"]
         self.calls = tools.stream_for(plan.tool_plan)
+        # a thinking model's reasoning (serving/http/reasoning.py) becomes a `reasoning` item
+        self.splitter = reasoning.ReasoningSplitter(think) if think else None
+        self.thought: dict[str, Any] | None = None
         self.message: dict[str, Any] | None = None
         self.call: dict[str, Any] | None = None
         self.text = ""
@@ -309,8 +313,54 @@ class _Output:
         self.run.emit("response.output_item.done", output_index=self.output.index(item), item=item)
 
     def feed(self, text: str, final: bool) -> None:
-        # The think-tag splitter (issue 14 item 6) goes here: it takes the sequence's reasoning
-        # out of `text` and adds a `reasoning` output item before the message.
+        if self.splitter is None:
+            self._answer(text, final)
+            return
+        pieces = self.splitter.feed(text) + (self.splitter.finish() if final else [])
+        for kind, piece in pieces:
+            if kind == "reasoning":
+                self._reasoning(piece)
+            else:
+                self._end_reasoning()
+                self._answer(piece, False)
+        if final:
+            self._end_reasoning()
+            self._answer("", True)
+
+    def _reasoning(self, text: str) -> None:
+        if self.thought is None:
+            self.thought = {
+                "id": new_id("rs"),
+                "type": "reasoning",
+                "status": "in_progress",
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": ""}],
+            }
+            self.add_item(self.thought)
+        self.thought["content"][0]["text"] += text
+        self.run.emit(
+            "response.reasoning_text.delta",
+            item_id=self.thought["id"],
+            output_index=self.output.index(self.thought),
+            content_index=0,
+            delta=text,
+        )
+
+    def _end_reasoning(self) -> None:
+        thought, self.thought = self.thought, None
+        if thought is None:
+            return
+        thought["status"] = "completed"
+        self.run.emit(
+            "response.reasoning_text.done",
+            item_id=thought["id"],
+            output_index=self.output.index(thought),
+            content_index=0,
+            text=thought["content"][0]["text"],
+        )
+        self.done_item(thought)
+
+    def _answer(self, text: str, final: bool) -> None:
         parts: list[dict[str, Any]]
         if self.calls is None:
             parts = [{"content": text}] if text else []
@@ -415,10 +465,10 @@ class _Output:
         self.done_item(message)
 
     def finish(self, status: str, found: file_search.FileSearchResult | None) -> None:
-        if self.calls is not None:
+        if self.calls is not None or self.splitter is not None:
             self.feed("", final=True)
         self._end_call()
-        if not self.output or self.output[-1].get("type") == "file_search_call":
+        if not self.output or self.output[-1].get("type") in ("file_search_call", "reasoning"):
             self._content("")  # an empty answer is still a message
         self._end_message(status, found)
 
@@ -432,7 +482,7 @@ async def _produce(
 ) -> None:
     """The run's task: the engine's deltas → output items, events, the stored response."""
     resp = run.response
-    out = _Output(run, prepared.plan)
+    out = _Output(run, prepared.plan, prepared.think)
     try:
         resp["status"] = "in_progress"
         run.emit("response.in_progress", response=run.snapshot())

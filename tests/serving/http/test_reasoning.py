@@ -168,3 +168,27 @@ def test_messages_thinking_blocks(thinker: tuple[str, Thinker]) -> None:
     assert (thought, text) == (THOUGHT + "\n", ANSWER)
     assert [b.type for b in final.content] == ["thinking", "text"]
     assert final.stop_reason == "end_turn"
+
+
+def test_responses_reasoning_items(thinker: tuple[str, Thinker]) -> None:
+    url, engine = thinker
+    client = _openai(url)
+    r = client.responses.create(
+        model="fake-thinker", input="hi", reasoning={"effort": "medium"}, max_output_tokens=100
+    )
+    assert [item.type for item in r.output] == ["reasoning", "message"]
+    thought = r.output[0]
+    assert thought.content is not None and thought.content[0].text == THOUGHT + "\n"
+    assert r.output_text == ANSWER
+    assert engine.seen[-1].template_kwargs == {
+        "reasoning_effort": "medium",
+        "enable_thinking": True,
+    }
+    with client.responses.stream(model="fake-thinker", input="hi") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    reasoning_deltas = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    text_deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert (reasoning_deltas, text_deltas) == (THOUGHT + "\n", ANSWER)
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert [e.sequence_number for e in events] == sorted(e.sequence_number for e in events)
