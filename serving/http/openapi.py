@@ -14,7 +14,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serving.http.schemas import ErrorResponse
+from serving.http.errors import ANTHROPIC_PREFIX
+from serving.http.schemas import AnthropicErrorResponse, ErrorResponse
 
 _UNUSED = ("HTTPValidationError", "ValidationError")
 
@@ -33,15 +34,19 @@ def install(app: FastAPI) -> None:
 
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["ErrorResponse"] = ErrorResponse.model_json_schema(
-        ref_template="#/components/schemas/{model}"
-    )
-    for name, sub in components["ErrorResponse"].pop("$defs", {}).items():
-        components.setdefault(name, sub)
-    error = {
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-    }
-    for operations in schema.get("paths", {}).values():
+    bodies = {}
+    for model in (ErrorResponse, AnthropicErrorResponse):
+        name = model.__name__
+        components[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for sub_name, sub in components[name].pop("$defs", {}).items():
+            components.setdefault(sub_name, sub)
+        bodies[name] = {
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+        }
+    for path, operations in schema.get("paths", {}).items():
+        # Anthropic's routes answer errors in Anthropic's shape (serving/http/errors.py)
+        anthropic = path.startswith(ANTHROPIC_PREFIX)
+        error = bodies["AnthropicErrorResponse" if anthropic else "ErrorResponse"]
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)

@@ -27,6 +27,18 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str  # invalid_request_error, authentication_error, not_found_error, ...
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """`{"type": "error", "error": {...}}`: the error shape under /v1/messages."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
 # -- /api/health/*, /api/hardware/info -------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from pipelines.lineage import Lineage
+from pipelines.lineage import Lineage, LineageError
 from pipelines.settings import load_settings
 from serving.engine.manager import ModelManager, mlx_engine_factory
 from serving.http.app import create_app
@@ -328,7 +328,10 @@ def _lineage_trace(basetemp: Path, chunk_id: str) -> list[dict[str, Any]]:
     has its own state folder under the session's basetemp)."""
     for db in sorted(basetemp.glob("*/state/lineage.duckdb")):
         with Lineage(db, read_only=True) as lin:
-            chains = lin.trace(chunk_id)
+            try:
+                chains = lin.trace(chunk_id)
+            except LineageError:  # another server's data_dir: not its chunk
+                continue
         if chains:
             return chains
     return []
