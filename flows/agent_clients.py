@@ -25,7 +25,10 @@ from typing import Any
 PROFILE = "impetus"  # the Codex profile and model provider id
 KEY_ENV = "IMPETUS_API_KEY"  # where both the user and Codex's provider read the key
 NO_KEY = "impetus-auth-off"  # what Claude Code sends when the server needs no key (it needs one)
-INSTALL = {"codex": "npm install -g @openai/codex", "claude": "npm install -g @anthropic-ai/claude-code"}
+INSTALL = {
+    "codex": "npm install -g @openai/codex",
+    "claude": "npm install -g @anthropic-ai/claude-code",
+}
 
 # Claude Code's traffic that is not the conversation (telemetry, update checks, error reports)
 # stays off: the point of a local endpoint is that nothing leaves the machine.
@@ -114,7 +117,7 @@ def legacy_profile(home: Path) -> str | None:
         return None  # codex reports its own file's errors
     if PROFILE in (cfg.get("profiles") or {}) or cfg.get("profile") == PROFILE:
         return (
-            f"{path} has a legacy `[profiles.{PROFILE}]` table or `profile = \"{PROFILE}\"`, which "
+            f'{path} has a legacy `[profiles.{PROFILE}]` table or `profile = "{PROFILE}"`, which '
             f"codex refuses next to {home / (PROFILE + '.config.toml')}: remove them from it"
         )
     return None
