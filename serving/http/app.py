@@ -29,7 +29,7 @@ from serving.http import docs, errors
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
-from serving.http.routes import embeddings, generate, health, models, rag
+from serving.http.routes import embeddings, generate, health, models, rag, responses
 from serving.services.embedders import EmbedderFactory, EmbedderPool
 from serving.services.indexing import IndexRunner
 from serving.services.rag import RagService, wait_closed
@@ -158,7 +158,7 @@ def create_app(
 
     docs.install(app)  # Swagger UI from local files (serving/http/docs.py)
     errors.install(app)
-    for group in (generate, embeddings, models, health, rag):
+    for group in (generate, embeddings, models, health, rag, responses):
         app.include_router(group.router)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)

@@ -78,6 +78,13 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/completions"): USE,
     ("POST", "/v1/embeddings"): USE,
     ("POST", "/v1/rag/search"): USE,
+    # Responses (serving/http/routes/responses.py): a stored response is visible to its key only
+    ("POST", "/v1/responses"): USE,
+    ("POST", "/v1/responses/input_tokens"): USE,
+    ("GET", "/v1/responses/{response_id}"): USE_READ,
+    ("DELETE", "/v1/responses/{response_id}"): USE_READ,
+    ("POST", "/v1/responses/{response_id}/cancel"): USE_READ,
+    ("GET", "/v1/responses/{response_id}/input_items"): USE_READ,
     ("GET", "/v1/rag/status"): USE_READ,
     ("POST", "/api/models/load"): ADMIN,
     ("POST", "/api/models/unload"): ADMIN,
