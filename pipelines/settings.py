@@ -118,6 +118,32 @@ class ServeSettings(_Section):
     embedding_batch_tokens: int = Field(default=8192, ge=1)
 
 
+class ReasoningTags(_Section):
+    """How one model family writes its reasoning: between `open` and `close` tags."""
+
+    match: str = Field(min_length=1)  # a glob on the registry model name, e.g. "qwen3*"
+    open: str = Field(default="<think>", min_length=1)
+    close: str = Field(default="</think>", min_length=1)
+    # The chat template opens the tag in the generation prompt (DeepSeek-R1's): the output
+    # starts inside the reasoning.
+    starts_open: bool = False
+
+
+class ReasoningSettings(_Section):
+    """Models that think in tags; their reasoning is split out of the answer (serving/http/reasoning.py)."""
+
+    tags: list[ReasoningTags] = Field(
+        default_factory=lambda: [
+            ReasoningTags(match="*qwen3*"),
+            ReasoningTags(match="*qwq*"),
+            ReasoningTags(match="*deepseek-r1*"),
+            ReasoningTags(match="*smollm3*"),
+            ReasoningTags(match="*glm-4*"),
+            ReasoningTags(match="*magistral*", open="[THINK]", close="[/THINK]"),
+        ]
+    )
+
+
 class RagSettings(_Section):
     """Retrieval and grounded chat (pipelines/retrieve/, pipelines/prompt.py, /v1/rag/*)."""
 
@@ -232,6 +258,7 @@ class Settings(BaseSettings):
     vector_store: VectorStoreSettings = VectorStoreSettings()
     serve: ServeSettings = ServeSettings()
     rag: RagSettings = RagSettings()
+    reasoning: ReasoningSettings = ReasoningSettings()
     bench: BenchSettings = BenchSettings()
     log: LogSettings = LogSettings()
     auth: AuthSettings = AuthSettings()

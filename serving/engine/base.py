@@ -74,6 +74,9 @@ class GenerationRequest:
     prompt_ids: list[int] | None = None
     tools: list[dict[str, Any]] | None = None  # the chat template's `tools=` argument
     constraint: Constraint | None = None  # None: free text
+    # Extra chat-template variables (`reasoning_effort`, `enable_thinking`): templates that do
+    # not read them ignore them.
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class EngineCapabilities:
     # A template without native tools may get the tools as a prompt in the messages instead
     # (the engine's configuration); False: such requests are refused.
     tool_prompt_fallback: bool = True
+    context_window: int = 0  # tokens of prompt and completion together (0: unknown)
 
 
 @dataclass
@@ -105,6 +109,7 @@ class Delta:
     prompt_tokens: int = 0  # set on the last delta
     completion_tokens: int = 0  # running count
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (last delta)
+    stop_sequence: str | None = None  # the stop string that ended the sequence (last delta)
 
 
 @dataclass
@@ -168,6 +173,17 @@ class Engine(Protocol):
 
     def capabilities(self) -> EngineCapabilities:
         """What the model's chat template renders (for translating requests before `generate`)."""
+        ...
+
+    def tokenize(
+        self, request: GenerationRequest, add_special_tokens: bool | None = None
+    ) -> list[int]:
+        """The prompt tokens of a request (template applied for messages); for a `prompt`,
+        `add_special_tokens` None means as `generate` does (BOS unless the text starts with it)."""
+        ...
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids."""
         ...
 
     def stats(self) -> EngineStats: ...

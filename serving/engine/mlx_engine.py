@@ -53,6 +53,7 @@ from serving.engine.base import (
 from serving.engine.sampling import validate_params
 from serving.engine.sequence import LiveSequence
 from serving.engine.stops import StopStrings
+from serving.engine.window import fit_window
 
 log = logging.getLogger(__name__)
 
@@ -184,19 +185,35 @@ class MLXEngine:
         prompt = self._encode(request)
         matcher = self._matcher(request)  # a schema llguidance cannot enforce is a 400 here
         param = "messages" if request.messages is not None else "prompt"
-        if len(prompt) >= self._context:
-            raise InvalidRequestError(
-                f"The prompt is {len(prompt)} tokens but {self.model_name!r} has a context of "
-                f"{self._context} tokens (prompt and completion together); shorten the {param}.",
-                param=param,
-            )
+        max_tokens = fit_window(
+            len(prompt), params.max_tokens, self._context, model=self.model_name, param=param
+        )
         if self._admitted >= self.config.queue_limit:
             raise self._queue_full()
-        max_tokens = min(params.max_tokens, self._context - len(prompt))
         return self._stream(request.request_id, prompt, params, max_tokens, matcher)
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._encode(request))
+
+    def tokenize(
+        self, request: GenerationRequest, add_special_tokens: bool | None = None
+    ) -> list[int]:
+        if request.prompt is not None and add_special_tokens is not None:
+            with self._tok_lock:
+                ids = self._tokenizer.encode(request.prompt, add_special_tokens=add_special_tokens)
+            return [int(t) for t in ids]
+        return self._encode(request)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        bad = [t for t in token_ids if not 0 <= t < self._vocab_size]
+        if bad:
+            raise InvalidRequestError(
+                f"Token ids {bad[:5]} are outside the vocabulary of {self.model_name!r} "
+                f"(0..{self._vocab_size - 1}).",
+                param="tokens",
+            )
+        with self._tok_lock:
+            return str(self._tokenizer.decode(token_ids))
 
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(
@@ -204,6 +221,7 @@ class MLXEngine:
                 getattr(self._tokenizer, "chat_template", None)
             ),
             tool_prompt_fallback=self.config.tool_prompt_fallback,
+            context_window=self._context,
         )
 
     def stats(self) -> EngineStats:
@@ -303,7 +321,9 @@ class MLXEngine:
             if request.messages is not None:
                 if not request.messages:
                     raise InvalidRequestError("messages must not be empty.", param="messages")
-                template_args = {"tools": request.tools} if request.tools is not None else {}
+                template_args = dict(request.template_kwargs)
+                if request.tools is not None:
+                    template_args["tools"] = request.tools
                 try:
                     ids: Any = tok.apply_chat_template(
                         request.messages, add_generation_prompt=True, **template_args

@@ -76,6 +76,7 @@ class LiveSequence:
             delta.finish_reason = reason
             delta.prompt_tokens = len(self.prompt)
             delta.cached_tokens = self.cached_tokens
+            delta.stop_sequence = self.stops.matched if hit else None
         return delta
 
 

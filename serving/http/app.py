@@ -29,7 +29,16 @@ from serving.http import docs, errors
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.metrics import Metrics, MetricsMiddleware, route_paths
-from serving.http.routes import embeddings, generate, health, models, rag, responses
+from serving.http.routes import (
+    embeddings,
+    generate,
+    health,
+    messages,
+    models,
+    rag,
+    responses,
+    tokenize,
+)
 from serving.services.embedders import EmbedderFactory, EmbedderPool
 from serving.services.indexing import IndexRunner
 from serving.services.rag import RagService, wait_closed
@@ -86,7 +95,7 @@ class BodyLimitMiddleware:
             f"The request body is larger than {self.max_bytes} bytes (serve.max_body_bytes).",
             status=413,
         )
-        await err.response()(scope, receive, send)
+        await err.response(scope.get("path", ""))(scope, receive, send)
 
 
 def _default_embedder_factory(settings: Settings) -> EmbedderFactory:
@@ -158,7 +167,7 @@ def create_app(
 
     docs.install(app)  # Swagger UI from local files (serving/http/docs.py)
     errors.install(app)
-    for group in (generate, embeddings, models, health, rag, responses):
+    for group in (generate, messages, tokenize, embeddings, models, health, rag, responses):
         app.include_router(group.router)
     paths = route_paths(app)
     app.add_middleware(errors.CatchAllMiddleware)

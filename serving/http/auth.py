@@ -77,6 +77,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/chat/completions"): USE,
     ("POST", "/v1/completions"): USE,
     ("POST", "/v1/embeddings"): USE,
+    ("POST", "/v1/messages"): USE,
+    ("POST", "/v1/messages/count_tokens"): USE_READ,
+    ("POST", "/tokenize"): USE_READ,
+    ("POST", "/detokenize"): USE_READ,
     ("POST", "/v1/rag/search"): USE,
     # Responses (serving/http/routes/responses.py): a stored response is visible to its key only
     ("POST", "/v1/responses"): USE,

@@ -1,4 +1,4 @@
-"""Domain errors → OpenAI-shaped HTTP errors, in one place.
+"""Domain errors → OpenAI-shaped (or, under /v1/messages, Anthropic-shaped) HTTP errors, in one place.
 
 Every error body is `{"error": {"message", "type", "param", "code"}}` with the codes of DESIGN.md
 (lower case), plus `permission_denied` (403: the key's role is below the route's) and `queue_full` (503: the engine's bounded queue is full). Routes raise domain
@@ -6,6 +6,10 @@ errors (from `pipelines`, `serving.engine.base`, `serving.engine.manager`; reque
 `InvalidRequestError`, engine failures `EngineError`) or `APIError`; `install(app)` registers the handlers that turn them into
 responses. Anything unexpected is logged with its traceback here and answered with a generic
 `inference_error` body: a traceback never reaches a client.
+
+The error renderer chooses the shape by path: under `/v1/messages` (Anthropic's Messages API) the
+body is `{"type": "error", "error": {"type", "message"}}` with Anthropic's error types
+(`ANTHROPIC_TYPES`), for the auth dependency's and validation errors too.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from serving.engine.base import (
     InvalidRequestError,
     QueueFullError,
 )
+from serving.engine.window import ContextLengthError
 
 log = structlog.get_logger(__name__)
 
 # (status, type) of each code; the code itself is what clients branch on.
 CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
+    "context_length_exceeded": (400, "invalid_request_error"),
     "auth_required": (401, "authentication_error"),
     "permission_denied": (403, "permission_error"),
     "model_not_found": (404, "invalid_request_error"),
@@ -46,6 +52,18 @@ CODES: dict[str, tuple[int, str]] = {
     "model_not_loaded": (503, "server_error"),
     "insufficient_memory": (507, "server_error"),
 }
+# Anthropic's error type of each code (anything else is `api_error`).
+ANTHROPIC_TYPES: dict[str, str] = {
+    "invalid_request": "invalid_request_error",
+    "context_length_exceeded": "invalid_request_error",
+    "auth_required": "authentication_error",
+    "permission_denied": "permission_error",
+    "model_not_found": "not_found_error",
+    "rate_limited": "rate_limit_error",
+    "queue_full": "overloaded_error",
+    "model_not_loaded": "overloaded_error",
+}
+ANTHROPIC_PREFIX = "/v1/messages"
 GENERIC_MESSAGE = "The server failed to process the request; the error was logged."
 
 
@@ -71,7 +89,13 @@ class APIError(Exception):
         self.status = status or default_status
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
+    def body(self, path: str = "") -> dict[str, Any]:
+        """The error body in the shape of the API that `path` belongs to."""
+        if path.startswith(ANTHROPIC_PREFIX):
+            kind = ANTHROPIC_TYPES.get(self.code, "api_error")
+            if self.status == 404:
+                kind = "not_found_error"
+            return {"type": "error", "error": {"type": kind, "message": self.message}}
         return {
             "error": {
                 "message": self.message,
@@ -81,8 +105,8 @@ class APIError(Exception):
             }
         }
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, path: str = "") -> JSONResponse:
+        return JSONResponse(self.body(path), status_code=self.status, headers=self.headers)
 
 
 class EmbeddingError(ImpetusError):
@@ -123,6 +147,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError("inference_error", str(exc))
     if isinstance(exc, QueueFullError):
         return queue_full(exc.retry_after, str(exc))
+    if isinstance(exc, ContextLengthError):
+        return APIError("context_length_exceeded", str(exc), param=exc.param)
     if isinstance(exc, InvalidRequestError):
         return APIError("invalid_request", str(exc), param=exc.param)
     if isinstance(exc, EngineError):
@@ -184,7 +210,8 @@ class CatchAllMiddleware:
             log.error("serving.unhandled_error", path=scope.get("path"), exc_info=exc)
             if started:  # too late for a status code; the stream's own handler did what it could
                 return
-            await APIError("inference_error", GENERIC_MESSAGE).response()(scope, receive, send)
+            err = APIError("inference_error", GENERIC_MESSAGE)
+            await err.response(scope.get("path", ""))(scope, receive, send)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -209,12 +236,12 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into an OpenAI-shaped error body."""
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
-        return to_api_error(exc).response()
+        return to_api_error(exc).response(request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = _validation_message(exc)
-        return APIError("invalid_request", message, param=param).response()
+        return APIError("invalid_request", message, param=param).response(request.url.path)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's own errors: an unknown route (404) or method (405), a body too large (413).
@@ -224,17 +251,18 @@ def install(app: FastAPI) -> None:
             if exc.status_code in (404, 405)
             else str(exc.detail)
         )
-        return APIError("invalid_request", message, status=exc.status_code).response()
+        err = APIError("invalid_request", message, status=exc.status_code)
+        return err.response(request.url.path)
 
     async def on_domain(request: Request, exc: Exception) -> JSONResponse:
         err = to_api_error(exc)
         if err.message == GENERIC_MESSAGE:
             log_unexpected(exc, request)
-        return err.response()
+        return err.response(request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log_unexpected(exc, request)
-        return APIError("inference_error", GENERIC_MESSAGE).response()
+        return APIError("inference_error", GENERIC_MESSAGE).response(request.url.path)
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

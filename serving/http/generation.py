@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 import structlog
@@ -23,6 +24,7 @@ from serving.http.deps import ServingContext
 from serving.http.openai.schemas import PromptTokensDetails, Usage
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # A stream waits this long for its first delta before it sends headers, so that errors raised
 # before the first delta (queue full, prompt too long) are still plain HTTP errors.
@@ -43,6 +45,7 @@ class _Seq:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    stop_sequence: str | None = None  # the stop string that ended it
     logprobs: list[TokenLogprob] = field(default_factory=list)
     first_token_at: float | None = None
 
@@ -149,6 +152,7 @@ class Generation:
             seq.finish_reason = delta.finish_reason
             seq.prompt_tokens = delta.prompt_tokens
             seq.cached_tokens = delta.cached_tokens
+            seq.stop_sequence = delta.stop_sequence
             m = self.ctx.metrics
             m.prompt_tokens.labels(self.model).inc(delta.prompt_tokens)
             m.completion_tokens.labels(self.model).inc(seq.completion_tokens)
@@ -188,6 +192,12 @@ class Generation:
             total_tokens=prompt_tokens + completion,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
         )
+
+
+async def on_engine(ctx: ServingContext, model: str, call: Callable[[Engine], T]) -> T:
+    """Run a blocking engine call (tokenizing, counting) in a worker thread, the model held."""
+    async with ctx.manager.use(model) as engine:
+        return await anyio.to_thread.run_sync(call, engine)
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -211,6 +211,14 @@ class LLMServer:
     async def count_tokens(self, request: GenerationRequest) -> int:
         return (await self._ensure()).count_tokens(request)
 
+    async def tokenize(
+        self, request: GenerationRequest, add_special_tokens: bool | None = None
+    ) -> list[int]:
+        return (await self._ensure()).tokenize(request, add_special_tokens)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return (await self._ensure()).detokenize(token_ids)
+
     async def capabilities(self) -> EngineCapabilities:
         return (await self._ensure()).capabilities()
 

@@ -200,6 +200,24 @@ class RayEngineProxy:
         except Exception as exc:
             raise as_domain_error(exc, "count_tokens") from None
 
+    def tokenize(
+        self, request: GenerationRequest, add_special_tokens: bool | None = None
+    ) -> list[int]:
+        try:
+            return list(
+                call_sync(
+                    lambda: self._handle.tokenize.remote(request, add_special_tokens).result()
+                )
+            )
+        except Exception as exc:
+            raise as_domain_error(exc, "tokenize") from None
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        try:
+            return str(call_sync(lambda: self._handle.detokenize.remote(token_ids).result()))
+        except Exception as exc:
+            raise as_domain_error(exc, "detokenize") from None
+
     def capabilities(self) -> EngineCapabilities:
         return self._capabilities
 

@@ -138,7 +138,9 @@ class FakeEngine:
                 hits = [text.find(s) for s in p.stop if s in text]
                 if hits:
                     cut = min(hits)
-                    yield self._last(request, text[emitted:cut], "stop", count, lps)
+                    last = self._last(request, text[emitted:cut], "stop", count, lps)
+                    last.stop_sequence = next(s for s in p.stop if text.find(s) == cut)
+                    yield last
                     done = True
                     return
                 if count >= p.max_tokens:
@@ -180,6 +182,14 @@ class FakeEngine:
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(prompt_text(request).split()) + 1
+
+    def tokenize(
+        self, request: GenerationRequest, add_special_tokens: bool | None = None
+    ) -> list[int]:
+        return list(range(self.count_tokens(request)))
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return " ".join(WORDS[t % len(WORDS)] for t in token_ids)
 
     def capabilities(self) -> EngineCapabilities:
         return self.caps

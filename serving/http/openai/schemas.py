@@ -258,6 +258,9 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = ""
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape (serving/services/tools.py)
+    # a thinking model's reasoning (serving/http/reasoning.py): vLLM's name, and OpenRouter's
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChatChoice(BaseModel):
@@ -323,8 +326,21 @@ class ModelCard(BaseModel):
     loaded: bool
     # the sampling a request that omits these fields gets (the model's generation defaults)
     sampling_defaults: dict[str, float | int] = Field(default_factory=dict)
+    # tokens of prompt and completion together (serving/engine/window.py); None: not known
+    # until the model is imported. `max_model_len` is vLLM's name for it; `max_input_tokens`,
+    # `type`, `display_name` and `created_at` are what Anthropic's models list reads.
+    context_window: int | None = None
+    max_model_len: int | None = None
+    max_input_tokens: int | None = None
+    type: Literal["model"] = "model"
+    display_name: str = ""
+    created_at: str = "1970-01-01T00:00:00Z"
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    # Anthropic's page fields (its SDK's models.list() reads them)
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None

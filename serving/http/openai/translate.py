@@ -13,7 +13,7 @@ engine requests that share the rendered messages and the constraint (seeds `seed
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from serving.engine.base import (
@@ -23,6 +23,7 @@ from serving.engine.base import (
     InvalidRequestError,
     SamplingParams,
 )
+from serving.http import reasoning
 from serving.services import structured, tools
 from serving.services.tools import ToolPlan
 
@@ -34,12 +35,34 @@ class ChatPlan:
 
     tool_plan: ToolPlan | None
     constraint: Constraint | None
+    # chat-template variables: the reasoning effort's (serving/http/reasoning.py), vLLM's
+    # `chat_template_kwargs`
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def chat_plan(extra: dict[str, Any]) -> ChatPlan:
-    """Validate and translate a chat body's tool and response_format fields (its `model_extra`)."""
+    """Validate and translate a chat body's tool, response_format and reasoning fields (its
+    `model_extra`)."""
     tool_plan = tools.plan(extra)
-    return ChatPlan(tool_plan, structured.from_request(extra, tool_plan, chat=True))
+    return ChatPlan(
+        tool_plan, structured.from_request(extra, tool_plan, chat=True), chat_template_kwargs(extra)
+    )
+
+
+def chat_template_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
+    """`reasoning_effort` (OpenAI's) and `chat_template_kwargs` (vLLM's) as template variables."""
+    effort = extra.get("reasoning_effort")
+    if effort is not None and not isinstance(effort, str):
+        raise InvalidRequestError(
+            'reasoning_effort must be a string such as "low", "medium" or "high".',
+            param="reasoning_effort",
+        )
+    given = extra.get("chat_template_kwargs") or {}
+    if not isinstance(given, dict):
+        raise InvalidRequestError(
+            "chat_template_kwargs must be an object.", param="chat_template_kwargs"
+        )
+    return {**reasoning.template_kwargs(effort), **given}
 
 
 def completion_constraint(extra: dict[str, Any]) -> Constraint | None:
@@ -93,6 +116,7 @@ def chat_requests(
             params=_seeded(sampling(), seed, i),
             tools=template_tools,
             constraint=plan.constraint,
+            template_kwargs=plan.template_kwargs,
         )
         for i in range(n)
     ]

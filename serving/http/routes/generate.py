@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from serving.engine.base import Delta, Engine, GenerationRequest, TokenLogprob
-from serving.http import generation, sse
+from serving.http import generation, reasoning, sse
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.openai import translate
 from serving.http.openai.schemas import (
@@ -111,10 +111,15 @@ async def chat_completions(
 
     gen, waiting = await generation.start(ctx, body.model, requests, body.stream)
     created = int(time.time())
+    think = reasoning.format_for(ctx.settings.reasoning, body.model)  # None: no reasoning tags
     if not body.stream:
         if not await generation.collect(request, gen):
             return Response(status_code=499)
-        finished = [tools.finish_message(s.text, s.finish_reason, tool_plan) for s in gen.seqs]
+        split = [reasoning.split(s.text, think) for s in gen.seqs]
+        finished = [
+            tools.finish_message(text, s.finish_reason, tool_plan)
+            for s, (_, text) in zip(gen.seqs, split, strict=True)
+        ]
         result = ChatCompletion(
             id=request_id,
             created=created,
@@ -122,12 +127,17 @@ async def chat_completions(
             choices=[
                 ChatChoice(
                     index=i,
-                    message=AssistantMessage(content=content, tool_calls=calls),
+                    message=AssistantMessage(
+                        content=content,
+                        tool_calls=calls,
+                        reasoning_content=thought,
+                        reasoning=thought,
+                    ),
                     finish_reason=reason,
                     logprobs=_chat_logprobs(s.logprobs) if body.logprobs else None,
                 )
-                for i, (s, (content, calls, reason)) in enumerate(
-                    zip(gen.seqs, finished, strict=True)
+                for i, (s, (content, calls, reason), (thought, _)) in enumerate(
+                    zip(gen.seqs, finished, split, strict=True)
                 )
             ],
             usage=gen.usage(),
@@ -154,11 +164,27 @@ async def chat_completions(
         }
 
     call_streams = [tools.stream_for(tool_plan) for _ in range(body.n)]
+    splitters = [reasoning.ReasoningSplitter(think) if think else None for _ in range(body.n)]
 
     def chunks(i: int, delta: Delta) -> list[dict[str, Any]]:
+        splitter = splitters[i]
+        if splitter is None:
+            return text_chunks(i, delta, delta.text)
+        pieces = splitter.feed(delta.text)
+        if delta.finish_reason is not None:
+            pieces += splitter.finish()
+        out = [
+            chunk(i, {"reasoning_content": text, "reasoning": text})
+            for kind, text in pieces
+            if kind == "reasoning"
+        ]
+        content = "".join(text for kind, text in pieces if kind == "content")
+        return out + text_chunks(i, delta, content)
+
+    def text_chunks(i: int, delta: Delta, text: str) -> list[dict[str, Any]]:
         calls = call_streams[i]
         if calls is not None:  # content and tool-call deltas, the way OpenAI streams them
-            parts = calls.feed(delta.text)
+            parts = calls.feed(text)
             if delta.finish_reason is None:
                 return [chunk(i, part) for part in parts]
             parts += calls.finish()
@@ -167,13 +193,13 @@ async def chat_completions(
                 chunk(i, {}, finish_reason=reason or delta.finish_reason)
             ]
         out = []
-        if delta.text or delta.logprobs:
+        if text or delta.logprobs:
             lps = (
                 _chat_logprobs(delta.logprobs).model_dump(mode="json")
                 if body.logprobs and delta.logprobs
                 else None
             )
-            out.append(chunk(i, {"content": delta.text}, logprobs=lps))
+            out.append(chunk(i, {"content": text}, logprobs=lps))
         if delta.finish_reason is not None:
             out.append(chunk(i, {}, finish_reason=delta.finish_reason))
         return out

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from pipelines.models.store import ModelEntry
+from serving.engine.window import context_window_of
 from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.openai.schemas import ModelCard, ModelList, ModelRequest
@@ -19,19 +20,26 @@ router = APIRouter()
 
 def _card(ctx: ServingContext, e: ModelEntry) -> ModelCard:
     loaded = ctx.manager.is_loaded(e.name) or e.name in ctx.embedders.loaded()
+    window = context_window_of(e.path) if e.kind == "llm" else None
     return ModelCard(
         id=e.name,
         kind=e.kind,
         status=e.status,
         loaded=loaded,
         sampling_defaults=e.defaults.fields(),
+        context_window=window,
+        max_model_len=window,
+        max_input_tokens=window,
+        display_name=e.name,
     )
 
 
 @router.get("/v1/models")
 async def list_models(ctx: ServingContext = Depends(get_ctx)) -> JSONResponse:
     cards = [_card(ctx, e) for e in ctx.manager.entries()]
-    return JSONResponse(ModelList(data=cards).model_dump(mode="json"))
+    first, last = (cards[0].id, cards[-1].id) if cards else (None, None)
+    page = ModelList(data=cards, first_id=first, last_id=last)
+    return JSONResponse(page.model_dump(mode="json"))
 
 
 @router.get("/v1/models/{model_id}")

@@ -40,7 +40,25 @@ BODIES: dict[str, dict[str, Any]] = {
     },
     "/v1/completions": {"model": "fake-llm", "prompt": "hi", "max_tokens": 2},
     "/v1/embeddings": {"model": "fake-embed", "input": "hi"},
+    "/v1/messages": {
+        "model": "fake-llm",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+    },
+    "/v1/messages/count_tokens": {
+        "model": "fake-llm",
+        "messages": [{"role": "user", "content": "hi"}],
+    },
+    "/tokenize": {"model": "fake-llm", "prompt": "hi"},
+    "/detokenize": {"model": "fake-llm", "tokens": [1, 2]},
 }
+
+
+def _code(r: httpx.Response) -> str:
+    """The error's code; Anthropic's routes (/v1/messages) answer in Anthropic's shape."""
+    error = r.json()["error"]
+    anthropic = {"authentication_error": "auth_required", "permission_error": "permission_denied"}
+    return str(error["code"]) if "code" in error else anthropic[error["type"]]
 
 
 class Server:
@@ -124,7 +142,7 @@ def test_every_route_is_in_the_table_and_none_answers_without_a_key(srv: Server)
             assert r.status_code == 200, (method, path, r.text)
         else:
             assert r.status_code == 401, (method, path, r.status_code, r.text)
-            assert r.json()["error"]["code"] == "auth_required"
+            assert _code(r) == "auth_required"
 
 
 def test_each_role_reaches_exactly_its_routes(srv: Server) -> None:
@@ -136,7 +154,7 @@ def test_each_role_reaches_exactly_its_routes(srv: Server) -> None:
             allowed = needed is None or ROLES.index(role) >= ROLES.index(needed)
             assert _reached(r) == allowed, (role, method, path, r.status_code, r.text)
             if not allowed:
-                assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+                assert r.status_code == 403 and _code(r) == "permission_denied"
                 assert int(r.headers["x-ratelimit-remaining"]) >= 0  # refused, still counted
 
 
