@@ -1,7 +1,7 @@
 """The API routes benchmark: what Responses and Messages cost against Chat Completions, and what
 the prefix cache does for a `previous_response_id` follow-up.
 
-    impetus bench apis            # levels 1 and 8, 64 tokens, 4 rounds, 1,500-token history
+    impetus bench apis            # levels 1 and 8, 32 tokens, 3 rounds, a 1,500-token turn
     impetus bench apis --quick    # CI-sized
 
 One `impetus serve` (the registry's `models.llm`, OpenBLAS preloaded as in `impetus bench
@@ -60,12 +60,12 @@ class ApisBenchConfig:
     """What one run measures; `quick_config()` is the CI-sized variant."""
 
     levels: tuple[int, ...] = (1, 8)
-    max_tokens: int = 64
+    max_tokens: int = 32
     # a burst at level c: c streams, each sending ceil(min_requests / c) requests back to back
-    min_requests: int = 8
-    rounds: int = 4  # bursts per route and level, the route order rotating
+    min_requests: int = 4
+    rounds: int = 3  # bursts per route and level, the route order rotating
     prefix_tokens: int = 1500  # turn 1 of the follow-up conversation
-    prefix_reps: int = 3
+    prefix_reps: int = 2
     quick: bool = False
 
     @classmethod
