@@ -36,7 +36,7 @@ def _first_delta_s(client: httpx.Client, body: dict[str, Any]) -> tuple[float, d
     started = time.perf_counter()
     first: float | None = None
     last: dict[str, Any] = {}
-    with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
+    with client.stream("POST", "/responses", json={**body, "stream": True}) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: "):

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from serving.engine.base import GenerationRequest, InvalidRequestError
 from serving.http import generation
@@ -230,6 +231,12 @@ async def _prepare(body: ResponseRequest, request: Request, ctx: ServingContext)
     items: list[dict[str, Any]] = []
     if body.previous_response_id:
         _, prev = _responses(request).find(request, body.previous_response_id)
+        if prev.response.get("status") not in TERMINAL:
+            raise InvalidRequestError(
+                f"Response {prev.id!r} is still {prev.response.get('status')}; continue from it "
+                "once it has ended (or cancel it).",
+                param="previous_response_id",
+            )
         items = history(prev.items, prev.response.get("output") or [])
     items += input_items(body.input)
     messages = to_messages(items, body.instructions)
@@ -484,7 +491,12 @@ async def _produce(
 # -- routes ----------------------------------------------------------------------------------------
 
 
-def _sse(events: AsyncIterator[dict[str, Any]], keepalive: float) -> EventSourceResponse:
+def _sse(
+    events: AsyncIterator[dict[str, Any]], keepalive: float, on_end: Callable[[], None]
+) -> EventSourceResponse:
+    async def ended() -> None:  # async: BackgroundTask would run a plain function in a thread
+        on_end()
+
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
             data = json.dumps(ev, separators=(",", ":"))
@@ -495,6 +507,8 @@ def _sse(events: AsyncIterator[dict[str, Any]], keepalive: float) -> EventSource
         ping=keepalive,
         ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep="\n"),
         sep="\n",
+        # Also when the stream never started (the client left before the first byte).
+        background=BackgroundTask(ended),
     )
 
 
@@ -560,15 +574,18 @@ async def create_response(
     )
     if body.stream:
 
+        def left() -> None:
+            if not background and run.task is not None and not run.task.done():
+                run.task.cancel()  # the client left: a plain stream ends with it
+
         async def events() -> AsyncIterator[dict[str, Any]]:
             try:
                 async for ev in run.follow():
                     yield ev
             finally:
-                if not background and run.task is not None and not run.task.done():
-                    run.task.cancel()  # the client left: a plain stream ends with it
+                left()
 
-        return _sse(events(), ctx.settings.serve.keepalive_s)
+        return _sse(events(), ctx.settings.serve.keepalive_s, left)
     if background:
         return JSONResponse(run.snapshot())
     if not await _wait_or_disconnect(request, run):

@@ -254,9 +254,10 @@ def test_retrieve_input_items_delete(client: openai.OpenAI, server: RunningServe
     assert got.id == r.id and got.output_text == r.output_text and got.status == r.status
     items = client.responses.input_items.list(r.id)
     assert [i.type for i in items.data] == ["message"]
-    assert items.data[0].content[0].text == QUESTION  # type: ignore[union-attr]
-    deleted = client.responses.delete(r.id)
-    assert deleted is None or getattr(deleted, "deleted", True)
+    first: Any = items.data[0]
+    assert first.content[0].text == QUESTION
+    deleted = httpx.delete(f"{server.base_url}/v1/responses/{r.id}", timeout=30)
+    assert deleted.json() == {"id": r.id, "object": "response.deleted", "deleted": True}
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(r.id)
     with pytest.raises(openai.NotFoundError):
@@ -276,6 +277,23 @@ def test_cancel_a_background_response(client: openai.OpenAI, server: RunningServ
     done = client.responses.create(model="fake-llm", input="hi", max_output_tokens=2)
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(done.id)
+
+
+def test_cancel_a_streaming_response(client: openai.OpenAI, server: RunningServer) -> None:
+    kinds: list[str] = []
+    response_id = ""
+    with client.responses.create(
+        model="fake-slow", input="Write a long story.", stream=True, max_output_tokens=400
+    ) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.created":
+                response_id = event.response.id
+            elif event.type == "response.output_text.delta" and kinds.count(event.type) == 2:
+                assert client.responses.cancel(response_id).status == "cancelled"
+    assert kinds.count("response.output_text.delta") < 40  # the stream ended early
+    assert "response.completed" not in kinds
+    assert client.responses.retrieve(response_id).status == "cancelled"
 
 
 def test_input_tokens_counts_the_prompt(client: openai.OpenAI, server: RunningServer) -> None:
@@ -336,12 +354,12 @@ def test_file_search_cites_chunks_that_resolve_in_lineage(
     assert call.results and call.results[0].filename == "lighthouse.md"
     message = r.output[-1]
     assert message.type == "message"
-    notes = message.content[0].annotations  # type: ignore[union-attr]
+    notes: list[Any] = message.content[0].annotations  # type: ignore[union-attr]
     assert notes and all(n.type == "file_citation" for n in notes)
     files = {res.file_id: res.filename for res in call.results}
     for note in notes:
         assert files[note.file_id] == note.filename and note.filename in CORPUS
-        chunk_id = note.model_extra["chunk_id"]  # type: ignore[index]
+        chunk_id = note.model_extra["chunk_id"]
         chains = _lineage_trace(tmp_path_factory.getbasetemp(), chunk_id)
         assert chains and chains[0]["chunk"]["chunk_id"] == chunk_id
         assert chains[0]["document_version"]["source"].endswith(note.filename)
@@ -386,7 +404,8 @@ def test_previous_response_id_after_a_restart(ready_models_dir: Path, tmp_path: 
         )
         items = c.responses.input_items.list(second.id, order="asc")
     assert second.previous_response_id == first.id
-    texts = [i.content[0].text for i in items.data]  # type: ignore[union-attr]
+    data: list[Any] = items.data
+    texts = [i.content[0].text for i in data]
     assert texts == ["My name is Ada.", first.output_text, "What is my name?"]
 
 
