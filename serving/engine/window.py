@@ -30,6 +30,11 @@ class ContextLengthError(InvalidRequestError):
         )
         self.prompt_tokens = prompt_tokens
         self.context_window = context_window
+        self.model = model
+
+    def __reduce__(self) -> tuple[type[ContextLengthError], tuple[int, int, str, str]]:
+        # It crosses Ray (serving/ray/proxies.py) pickled: rebuild it from its own arguments.
+        return type(self), (self.prompt_tokens, self.context_window, self.model, self.param or "")
 
 
 def fit_window(

@@ -103,6 +103,12 @@ def wait_idle(engine: MLXEngine, timeout: float = 30.0) -> None:
 def test_implements_the_protocol(engine: MLXEngine) -> None:
     assert isinstance(engine, Engine)
     assert engine.count_tokens(req("c", messages=POEM)) > 10
+    ids = engine.tokenize(req("t", prompt="Hello world"), add_special_tokens=False)
+    assert engine.detokenize(ids) == "Hello world"
+    assert engine.tokenize(req("m", messages=POEM)) == engine.tokenize(req("m", messages=POEM))
+    assert len(engine.tokenize(req("m", messages=POEM))) == engine.count_tokens(
+        req("c", messages=POEM)
+    )
     assert engine.stats().memory_bytes > 0
 
 
@@ -178,7 +184,7 @@ def test_stop_string_is_never_emitted(engine: MLXEngine) -> None:
     assert stop.strip(), full
     deltas = run(engine, req("stop", messages=POEM, max_tokens=12, stop=[stop, "zzz-never"]))
     assert text(deltas) == full[: full.index(stop)]
-    assert deltas[-1].finish_reason == "stop"
+    assert deltas[-1].finish_reason == "stop" and deltas[-1].stop_sequence == stop
 
 
 def test_max_tokens_finishes_with_length(engine: MLXEngine) -> None:
@@ -311,7 +317,7 @@ def test_prompt_ids_are_taken_as_they_are(engine: MLXEngine) -> None:
 def test_capabilities_follow_the_chat_template(engine: MLXEngine) -> None:
     # SmolLM2's template has no tools: the HTTP side writes them into the messages.
     assert engine.capabilities() == EngineCapabilities(
-        native_tools=False, tool_prompt_fallback=True
+        native_tools=False, tool_prompt_fallback=True, context_window=8192
     )
     assert chat_template_renders_tools("{% if tools %}{{ tools | tojson }}{% endif %}")
     assert not chat_template_renders_tools("{% for message in messages %}{% endfor %}")
