@@ -6,6 +6,8 @@ turn each against a real `impetus serve` with the default model (smollm2-135m-in
 - Claude Code with its full default prompt (~20k tokens with its tools): the server's clear context
   error, and the server keeps serving.
 
+Each in both serve modes (`impetus serve` and `impetus serve --ray`).
+
 A recording proxy sits between each CLI and the server, so that what the CLI prints is checked
 against what the server answered. The CLIs are installed once into data_dir/cache/agent-clis (the
 default data_dir, reused by later runs); CI starts clean and installs them here (~10 s).
@@ -87,16 +89,21 @@ class Proxy:
         return [e for e in self.exchanges if e.method == "POST" and e.path.startswith(prefix)]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, ready_models_dir: Path) -> Iterator[str]:
-    """`impetus serve` in a subprocess on a fresh data_dir with the default model ready."""
+@pytest.fixture(scope="module", params=["inprocess", "ray"])
+def server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    ready_models_dir: Path,
+) -> Iterator[str]:
+    """`impetus serve` (and `impetus serve --ray`) in a subprocess on a fresh data_dir with the
+    default model ready."""
     from flows.bench.server import impetus_serve
     from tests.flows.conftest import link_models
 
     data_dir = tmp_path_factory.mktemp("agents") / "state"
     link_models(data_dir, ready_models_dir)
     settings = load_settings(data_dir=data_dir)
-    with impetus_serve(settings, data_dir.parent) as running:
+    with impetus_serve(settings, data_dir.parent, ray=request.param == "ray") as running:
         yield running.url
 
 
