@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import bench, ingest, keys, models, rag, serve, ui, up
+from flows.commands import bench, ingest, keys, launch, models, rag, serve, ui, up
 from flows.console import set_verbose
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("lineage")(ingest.lineage)
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
 app.command("ui")(ui.ui)
+app.command("launch")(launch.launch)
 app.add_typer(bench.app, name="bench")
 app.command("search")(rag.search)
 app.command("chat")(rag.chat)

@@ -160,6 +160,26 @@ def bench_auth(
     report(s, result, as_json)
 
 
+@app.command("apis")
+def bench_apis(
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="CI-sized: 8 tokens, one round, a 400-token first turn."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Chat completions vs Responses vs Messages (tok/s, TTFT at 1 and 8 streams; goal ≤ 5 %
+    cost) and a previous_response_id follow-up's TTFT, prefix cache on vs off (≤ 0.3×)."""
+    s = _prepare()
+    from flows.bench.apis import ApisBenchConfig
+    from flows.bench.apis import bench_apis as flow
+
+    cfg = ApisBenchConfig.quick_config() if quick else ApisBenchConfig()
+    with domain_errors():
+        result = flow(cfg)
+    report(s, result, as_json)
+
+
 CompareOpt = Annotated[
     str | None,
     typer.Option(
