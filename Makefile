@@ -13,6 +13,9 @@ APT_PACKAGES := libopenblas0-pthread libmagic1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3))
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist): much of a test's time is waiting on servers and subprocesses.
+# Tests that talk to Ray share one worker (tests/conftest.py), so the session starts one cluster.
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
 # `make up PORT=8080 HOST=0.0.0.0` (default: serve.host and serve.port of the settings).
 PORT ?=
 HOST ?=
@@ -65,10 +68,10 @@ up: apt uv sync path  ## Ingest data/samples/ and serve on 127.0.0.1:8000 (PORT=
 	@$(UV) run --frozen impetus up $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: setup  ## Set up and run every test (slow ones included).
-	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: setup  ## The tests not marked slow.
-	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen pytest -m "not slow" $(PYTEST_ARGS)
+	$(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS)) $(UV) run --frozen pytest $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint: sync  ## ruff and mypy.
 	$(UV) run --frozen ruff check .
