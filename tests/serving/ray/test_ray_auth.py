@@ -36,6 +36,17 @@ CASES: list[tuple[str, str, dict[str, object] | None]] = [
     ),
     ("POST", "/api/models/unload", {}),  # 400 once past auth: nothing is unloaded
     ("POST", "/v1/rag/index", {}),
+    # the agent APIs and the uploads, through the same table
+    (
+        "POST",
+        "/v1/messages/count_tokens",
+        {"model": "fake-llm", "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    ("POST", "/v1/responses/input_tokens", {"model": "fake-llm", "input": "hi"}),
+    ("POST", "/tokenize", {"model": "fake-llm", "prompt": "hi"}),
+    ("GET", "/v1/files", None),
+    ("GET", "/v1/vector_stores", None),
+    ("POST", "/v1/vector_stores", {"name": "ray-auth"}),  # admin only: an empty store
 ]
 
 
