@@ -161,10 +161,13 @@ def create_app(
     index_runner: IndexRunner | None = None,
     preload_default: bool = False,
     guard: Guard | None = None,
+    echo_request_id: bool = True,
 ) -> FastAPI:
     """A new app serving `manager`'s models and the registry's embedding models.
 
-    `guard` (default: one over `settings.data_dir`'s keys) decides who may call which route."""
+    `guard` (default: one over `settings.data_dir`'s keys) decides who may call which route.
+    `echo_request_id=False` leaves X-Request-ID on the response to a proxy in front that sets
+    it itself (Ray Serve's), so that the header is not sent twice."""
     guard = guard or Guard.from_settings(settings)
     pool = EmbedderPool(
         embedder_factory or _default_embedder_factory(settings),
@@ -230,5 +233,5 @@ def create_app(
     # Outermost: Host and Origin checks, CORS, security headers (serving/http/security.py), and
     # the request id every log line of the request carries (serving/http/request_id.py).
     app.add_middleware(SecurityMiddleware, settings=settings)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, echo=echo_request_id)
     return app

@@ -34,8 +34,9 @@ def request_id_of(scope: Scope) -> str:
 class RequestIdMiddleware:
     """Binds `request_id` for the request's log lines and sets X-Request-ID on its response."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, echo: bool = True) -> None:
         self.app = app
+        self.echo = echo  # False: a proxy in front echoes the id (Ray Serve's does)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -46,7 +47,7 @@ class RequestIdMiddleware:
         raw = rid.encode()
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+            if self.echo and message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = [
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
                 ]

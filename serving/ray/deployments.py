@@ -345,6 +345,9 @@ class Ingress:
             embedder_factory=self._embedder,
             index_runner=runner,
             preload_default=True,
+            # Serve's proxy gives every request an X-Request-ID (the client's, else a new
+            # one), passes it in, and echoes it on the response itself
+            echo_request_id=False,
         )
 
 
