@@ -39,9 +39,13 @@ def ready_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`--dist loadgroup`), every test that talks to a Ray cluster runs on one
     worker: the session's Ray server (tests/serving/ray_server.py) then starts once, and two Ray
-    clusters never compete for this machine's cores."""
+    clusters never compete for this machine's cores. The test that turns that server's keys on
+    runs last."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         on_ray = callspec is not None and callspec.params.get("server") == "ray"
         if on_ray or "tests/serving/ray/" in item.nodeid:
             item.add_marker(pytest.mark.xdist_group("ray"))
+    # test_ray_auth creates keys on the session's Ray server, which turns its auth on: last.
+    last = [i for i in items if "tests/serving/ray/test_ray_auth.py" in i.nodeid]
+    items[:] = [i for i in items if i not in last] + last

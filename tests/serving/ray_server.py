@@ -102,9 +102,10 @@ def ray_server(
     tmp = tmp_path_factory.mktemp("ray")
     port = free_port()
     config = write_serve_config(tmp / "serve.yaml", port)
+    data_dir = state_dir(tmp, ready_models_dir)
     env = {
         **SERVE_ENV,
-        "IMPETUS_DATA_DIR": str(state_dir(tmp, ready_models_dir)),
+        "IMPETUS_DATA_DIR": str(data_dir),
         # the tests' corpora live in pytest's temporary folders
         "IMPETUS_RAG__INDEX_ROOTS": json.dumps(["data/samples", str(tmp.parent)]),
     }
@@ -120,7 +121,7 @@ def ray_server(
             embedding_model=settings.models.embedding,
             engines=None,  # they live in the replicas
             fake_models=True,
-            extra={"log": tmp / "server.log"},
+            extra={"log": tmp / "server.log", "data_dir": data_dir},
         )
 
 

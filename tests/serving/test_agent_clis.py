@@ -95,15 +95,20 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
     ready_models_dir: Path,
 ) -> Iterator[str]:
-    """`impetus serve` (and `impetus serve --ray`) in a subprocess on a fresh data_dir with the
-    default model ready."""
+    """`impetus serve` in a subprocess on a fresh data_dir with the default model ready, and the
+    session's `impetus serve --ray` (tests/serving/ray_server.py: the same default model; one Ray
+    cluster per test session is enough for this two-core machine)."""
     from flows.bench.server import impetus_serve
     from tests.flows.conftest import link_models
+
+    if request.param == "ray":
+        yield request.getfixturevalue("ray_server").base_url
+        return
 
     data_dir = tmp_path_factory.mktemp("agents") / "state"
     link_models(data_dir, ready_models_dir)
     settings = load_settings(data_dir=data_dir)
-    with impetus_serve(settings, data_dir.parent, ray=request.param == "ray") as running:
+    with impetus_serve(settings, data_dir.parent) as running:
         yield running.url
 
 
