@@ -35,7 +35,7 @@ import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.bench.load import Burst
+from flows.bench.load import Burst, burst
 from flows.bench.results import BenchResult, split_by_prefix
 from flows.bench.server import cpu_seconds
 from flows.bench.serving import LevelResult, paired_ratios, percentile, shared_prefix
@@ -157,32 +157,23 @@ async def stream_route(
 
 
 async def route_burst(server: Server, route: str, level: int, cfg: ApisBenchConfig) -> Burst:
-    """`level` streams at once, each sending its requests back to back; a failed request is
-    counted by exception name and ends its stream."""
+    """`level` streams at once through `route`, each sending its requests back to back
+    (flows/bench/load.py `burst`)."""
     per_stream = max(1, -(-cfg.min_requests // level))
-    result = Burst(level, 0, 0, 0.0, stream_tokens=[0] * level)
-    limits = httpx.Limits(max_connections=level + 2)
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+    streams = [
+        [
+            body(route, f"Write a long story about {TOPICS[(i * per_stream + j) % len(TOPICS)]}.",
+                 cfg.max_tokens)
+            for j in range(per_stream)
+        ]
+        for i in range(level)
+    ]  # fmt: skip
 
-        async def stream(i: int) -> None:
-            for j in range(per_stream):
-                topic = TOPICS[(i * per_stream + j) % len(TOPICS)]
-                payload = body(route, f"Write a long story about {topic}.", cfg.max_tokens)
-                try:
-                    ttft, tokens, _ = await stream_route(client, server, route, payload)
-                except (httpx.HTTPError, RuntimeError, KeyError) as exc:
-                    kind = type(exc).__name__
-                    result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
-                    return
-                result.ttft_ms.append(ttft)
-                result.completion_tokens += tokens
-                result.stream_tokens[i] += tokens
-                result.requests += 1
+    async def send(client: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[float, int]:
+        ttft, tokens, _ = await stream_route(client, server, route, payload)
+        return ttft, tokens
 
-        started = time.perf_counter()
-        await asyncio.gather(*(stream(i) for i in range(level)))
-        result.wall_s = time.perf_counter() - started
-    return result
+    return await burst(server, streams, timeout_s=REQUEST_TIMEOUT_S, send=send)
 
 
 # -- the measurements ---------------------------------------------------------------------------

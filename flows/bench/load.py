@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,23 +68,34 @@ async def stream_request(
     return ttft, tokens
 
 
+# One streamed request: (TTFT in ms, completion tokens); stream_request for chat and completions.
+SendFn = Callable[[httpx.AsyncClient, dict[str, Any]], Awaitable[tuple[float, int]]]
+
+
 async def burst(
     server: Server,
     streams: Sequence[Sequence[dict[str, Any]]],
     path: str = "/v1/chat/completions",
     timeout_s: float = REQUEST_TIMEOUT_S,
+    send: SendFn | None = None,
 ) -> Burst:
     """One stream per entry of `streams`, all at once, each sending its request bodies back to
-    back; a failed request is counted by exception name and ends its stream."""
+    back (to `path` with `stream_request`, or through `send`); a failed request is counted by
+    exception name and ends its stream."""
     result = Burst(len(streams), 0, 0, 0.0, stream_tokens=[0] * len(streams))
     limits = httpx.Limits(max_connections=len(streams) + 2)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
 
+        async def one(body: dict[str, Any]) -> tuple[float, int]:
+            if send is not None:
+                return await send(client, body)
+            return await stream_request(client, server, path, body)
+
         async def stream(i: int) -> None:
             for body in streams[i]:
                 try:
-                    ttft, tokens = await stream_request(client, server, path, body)
-                except (httpx.HTTPError, RuntimeError) as exc:
+                    ttft, tokens = await one(body)
+                except (httpx.HTTPError, RuntimeError, KeyError) as exc:
                     kind = type(exc).__name__
                     result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
                     return

@@ -47,7 +47,10 @@ class RequestIdMiddleware:
         raw = rid.encode()
 
         async def send_with_id(message: Message) -> None:
-            if self.echo and message["type"] in ("http.response.start", "websocket.http.response.start"):
+            if self.echo and message["type"] in (
+                "http.response.start",
+                "websocket.http.response.start",
+            ):
                 headers = [
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
                 ]

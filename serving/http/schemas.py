@@ -27,6 +27,17 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def list_page(data: list[dict[str, Any]]) -> dict[str, Any]:
+    """OpenAI's list object with cursors (files, vector stores): every item on one page."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": False,
+    }
+
+
 class AnthropicErrorDetail(BaseModel):
     type: str  # invalid_request_error, authentication_error, not_found_error, ...
     message: str

@@ -28,6 +28,7 @@ from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.errors import APIError
 from serving.http.routes.rag import rag
+from serving.http.schemas import list_page
 from serving.services.files import UploadTooLarge, receive_upload
 
 log = structlog.get_logger(__name__)
@@ -77,14 +78,7 @@ async def list_files(
 ) -> dict[str, Any]:
     store = await anyio.to_thread.run_sync(rag(ctx).uploads)
     files = await anyio.to_thread.run_sync(store.files, purpose)
-    data = [f.to_openai() for f in files]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": False,
-    }
+    return list_page([f.to_openai() for f in files])
 
 
 @router.get("/v1/files/{file_id}")

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.errors import APIError
 from serving.http.routes.rag import rag
+from serving.http.schemas import list_page
 from serving.services.vector_stores import VectorStores
 
 router = APIRouter()
@@ -63,16 +64,6 @@ async def _call(fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
-def _page(data: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": False,
-    }
-
-
 @router.post("/v1/vector_stores")
 async def create(body: CreateRequest, ctx: ServingContext = Depends(get_ctx)) -> dict[str, Any]:
     vs = stores(ctx)
@@ -84,7 +75,7 @@ async def create(body: CreateRequest, ctx: ServingContext = Depends(get_ctx)) ->
 
 @router.get("/v1/vector_stores")
 async def list_stores(ctx: ServingContext = Depends(get_ctx)) -> dict[str, Any]:
-    return _page(await _call(stores(ctx).all))
+    return list_page(await _call(stores(ctx).all))
 
 
 @router.get("/v1/vector_stores/{vector_store_id}")
@@ -109,7 +100,7 @@ async def add_file(
 async def list_files(
     vector_store_id: str, ctx: ServingContext = Depends(get_ctx)
 ) -> dict[str, Any]:
-    return _page(await _call(stores(ctx).files, vector_store_id))
+    return list_page(await _call(stores(ctx).files, vector_store_id))
 
 
 @router.get("/v1/vector_stores/{vector_store_id}/files/{file_id}")
