@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from serving.engine.base import GenerationRequest, InvalidRequestError
+from serving.engine.base import InvalidRequestError
 
 if TYPE_CHECKING:
     from pipelines.prompt import Context
@@ -124,7 +122,7 @@ async def search(
     item_id: str,
 ) -> FileSearchResult:
     """Run the file_search tool for `messages` and ground them in what it finds."""
-    from pipelines.prompt import assemble, grounded_messages
+    from pipelines.prompt import grounded_messages
 
     ids = tool.get("vector_store_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
@@ -148,15 +146,7 @@ async def search(
     result = FileSearchResult(item_id, query, messages, None, rag.settings, hits)
     if not hits:
         return result
-    budget = rag.settings.rag.context_tokens
-    async with rag.manager.use(model) as engine:
-
-        def count(text: str) -> int:
-            return int(engine.count_tokens(GenerationRequest("file-search-count", prompt=text)))
-
-        context = await anyio.to_thread.run_sync(
-            lambda: assemble(hits, budget=budget, count_tokens=count)
-        )
+    context = await rag.assemble(model, hits)
     if context.sources:
         result.context = context
         result.messages = grounded_messages(messages, context)

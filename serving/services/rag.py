@@ -180,13 +180,29 @@ class RagService:
 
         return await anyio.to_thread.run_sync(run)
 
+    async def assemble(self, model: str, hits: list[SearchHit]) -> Context:
+        """`hits` as numbered sources within `rag.context_tokens`, counted with `model`'s own
+        tokenizer (grounded chat and Responses' file_search both use it)."""
+        from pipelines.prompt import assemble
+        from serving.engine.base import GenerationRequest
+
+        budget = self.settings.rag.context_tokens
+        async with self.manager.use(model) as engine:
+
+            def count(text: str) -> int:
+                return int(engine.count_tokens(GenerationRequest("rag-count", prompt=text)))
+
+            return await anyio.to_thread.run_sync(
+                lambda: assemble(hits, budget=budget, count_tokens=count)
+            )
+
     async def ground(
         self, model: str, messages: list[dict[str, Any]], extra: dict[str, Any]
     ) -> Grounding | None:
         """Grounded messages and citations for a chat request whose `rag_mode` asks for them."""
-        from pipelines.prompt import assemble, grounded_messages, last_user_message
+        from pipelines.prompt import grounded_messages, last_user_message
         from pipelines.vectorstore import CollectionNotFound
-        from serving.engine.base import GenerationRequest, InvalidRequestError
+        from serving.engine.base import InvalidRequestError
 
         raw = extra.get("rag_mode")
         mode = RAG_MODES.get(raw) if isinstance(raw, bool | str) else None
@@ -220,15 +236,7 @@ class RagService:
             raise
         if not hits:
             return None
-        budget = self.settings.rag.context_tokens
-        async with self.manager.use(model) as engine:
-
-            def count(text: str) -> int:
-                return int(engine.count_tokens(GenerationRequest("rag-count", prompt=text)))
-
-            context = await anyio.to_thread.run_sync(
-                lambda: assemble(hits, budget=budget, count_tokens=count)
-            )
+        context = await self.assemble(model, hits)
         if not context.sources:
             return None
         citations = context.citations(self.settings.rag.snippet_chars)
