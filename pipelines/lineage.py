@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS runs (
     version_inputs JSON,
     counts JSON
 );
+-- Who owns a running run (pipelines/owner.py) and, for a crashed one, when and why; added later,
+-- so files made before them get them here.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR;     -- "host:pid:start time" of the writer
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS crashed_at TIMESTAMP;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS crash_reason VARCHAR;
 CREATE TABLE IF NOT EXISTS documents (
     collection VARCHAR,
     doc_id VARCHAR,
@@ -117,6 +122,36 @@ class LineageError(ImpetusError):
     """The lineage database cannot be opened or does not know what was asked."""
 
 
+class LineageLocked(LineageError):
+    """Another live process holds the lineage database (DuckDB admits one writer process)."""
+
+
+class LineageCorrupt(LineageError):
+    """The lineage database is not a readable DuckDB file (truncated, overwritten)."""
+
+
+def _open_error(path: Path, e: Exception) -> LineageError:
+    """What went wrong opening `path`, said with the file and the command that recovers."""
+    import re
+
+    text = str(e)
+    if "lock" in text.lower():
+        holder = re.search(r"held in (.+?) \(PID (\d+)\)", text)
+        # The program's name only: messages can reach clients, paths of the server must not.
+        exe = Path(holder.group(1)).name if holder else ""
+        who = f"process {holder.group(2)} ({exe})" if holder else "another process"
+        return LineageLocked(
+            f"the lineage database {path} is held by {who}: DuckDB admits one writer. Stop it, "
+            "or send the work to the server that owns it (`impetus ingest` does); "
+            "`impetus doctor` shows who holds what"
+        )
+    return LineageCorrupt(
+        f"the lineage database {path} cannot be read ({text.removeprefix('IO Error: ')}). "
+        "Run `impetus doctor --repair`: it moves the file aside and rebuilds lineage from the "
+        "vector store"
+    )
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -136,13 +171,14 @@ class Lineage:
             if not read_only:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db: duckdb.DuckDBPyConnection = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as e:
-            raise LineageError(
-                f"cannot open {self.path}: {e}. Another process (a running `impetus serve` or "
-                "ingest) holds it; wait for it or ask it through its API."
-            ) from e
+        except duckdb.Error as e:
+            raise _open_error(self.path, e) from None
         if not read_only:
-            self.db.execute(_SCHEMA)
+            try:
+                self.db.execute(_SCHEMA)
+            except duckdb.Error as e:
+                self.db.close()
+                raise _open_error(self.path, e) from None
 
     @classmethod
     def open(cls, settings: Settings, *, read_only: bool = False) -> Lineage:
@@ -177,16 +213,61 @@ class Lineage:
         version_inputs: dict[str, Any] | None = None,
     ) -> None:
         """Open a run; any run still marked running was killed (one writer), so mark it crashed."""
+        from pipelines.owner import this_process
+
         with self._tx() as db:
             db.execute(
-                "UPDATE runs SET status = 'crashed' WHERE status = 'running' AND run_id <> ?",
-                [run_id],
+                "UPDATE runs SET status = 'crashed', crashed_at = ?, crash_reason = ? "
+                "WHERE status = 'running' AND run_id <> ?",
+                [_now(), "its process died: another run started on this data_dir", run_id],
             )
             db.execute(
-                """INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', ?, ?, NULL)
-                   ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL""",
-                [run_id, collection, _now(), pipeline_version, json.dumps(version_inputs or {})],
+                """INSERT INTO runs (run_id, collection, started_at, finished_at, status,
+                       pipeline_version, version_inputs, counts, owner)
+                   VALUES (?, ?, ?, NULL, 'running', ?, ?, NULL, ?)
+                   ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL,
+                   owner = excluded.owner, crashed_at = NULL, crash_reason = NULL""",
+                [
+                    run_id,
+                    collection,
+                    _now(),
+                    pipeline_version,
+                    json.dumps(version_inputs or {}),
+                    this_process(),
+                ],
             )
+
+    def mark_crashed(self, is_alive: Callable[[str | None], bool]) -> list[dict[str, Any]]:
+        """Mark crashed each run still `running` whose owner (`owner` column) `is_alive` says is
+        gone; returns those runs (run_id, collection, owner, crashed_at, crash_reason)."""
+        rows = self.db.execute(
+            "SELECT run_id, collection, owner FROM runs WHERE status = 'running'"
+        ).fetchall()
+        crashed = []
+        for run_id, collection, owner in rows:
+            if is_alive(owner):
+                continue
+            when = _now()
+            why = (
+                f"its process ({owner}) is gone; the run never finished"
+                if owner
+                else "its process is gone (no owner recorded); the run never finished"
+            )
+            self.db.execute(
+                "UPDATE runs SET status = 'crashed', crashed_at = ?, crash_reason = ?, "
+                "finished_at = coalesce(finished_at, ?) WHERE run_id = ? AND status = 'running'",
+                [when, why, when, run_id],
+            )
+            crashed.append(
+                {
+                    "run_id": run_id,
+                    "collection": collection,
+                    "owner": owner,
+                    "crashed_at": str(when),
+                    "crash_reason": why,
+                }
+            )
+        return crashed
 
     def finish_run(self, run_id: str, status: str, counts: dict[str, Any]) -> None:
         self.db.execute(
@@ -452,9 +533,11 @@ class Lineage:
     def runs(self, *, run_id: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
         """The last `limit` runs, newest first (or the one `run_id`): collection, status,
         pipeline version, start and end, and the run's summary."""
+        cols = {d[0] for d in self.db.execute("SELECT * FROM runs LIMIT 0").description}
+        crash_cols = "crashed_at, crash_reason" if "crashed_at" in cols else "NULL, NULL"
         sql = (
-            "SELECT run_id, collection, status, pipeline_version, started_at, finished_at, counts "
-            "FROM runs"
+            "SELECT run_id, collection, status, pipeline_version, started_at, finished_at, counts, "
+            f"{crash_cols} FROM runs"
         )
         args: list[Any] = []
         if run_id is not None:
@@ -463,20 +546,30 @@ class Lineage:
         sql += " ORDER BY started_at DESC LIMIT ?"
         args.append(limit)
         out = []
-        for rid, coll, status, version, started, finished, counts in self.db.execute(
-            sql, args
-        ).fetchall():
-            out.append(
-                {
-                    "run_id": rid,
-                    "collection": coll,
-                    "status": status,
-                    "pipeline_version": version,
-                    "started_at": str(started) if started else None,
-                    "finished_at": str(finished) if finished else None,
-                    "summary": json.loads(counts) if isinstance(counts, str) else counts,
-                }
-            )
+        for (
+            rid,
+            coll,
+            status,
+            version,
+            started,
+            finished,
+            counts,
+            crashed_at,
+            crash_reason,
+        ) in self.db.execute(sql, args).fetchall():
+            row = {
+                "run_id": rid,
+                "collection": coll,
+                "status": status,
+                "pipeline_version": version,
+                "started_at": str(started) if started else None,
+                "finished_at": str(finished) if finished else None,
+                "summary": json.loads(counts) if isinstance(counts, str) else counts,
+            }
+            if status == "crashed":
+                row["crashed_at"] = str(crashed_at) if crashed_at else None
+                row["error"] = crash_reason or "its process died before the run finished"
+            out.append(row)
         return out
 
     def pipeline_versions(self) -> dict[str, str]:

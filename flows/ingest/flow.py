@@ -32,6 +32,13 @@ end of the run (`stale_points`), so a search never finds a changed document miss
 step a process is killed at, the next run finds the leftovers the same way and, ids being
 deterministic, ends in the state of an uninterrupted run.
 
+Cancelling (`IngestInputs.stop`, set by the server's `POST /v1/rag/runs/{id}/cancel` and its
+shutdown): the run checks it between batches and before each of a batch's steps up to its first
+write (lineage intent), never between intent, upsert and commit, so every batch is either done
+whole or not started. It then deletes the stale points of the documents it did commit, rebuilds
+the BM25 index if it changed anything, records the run `cancelled` in lineage and raises
+`RunCancelled`; the next run skips what was committed (docs/decisions/index-run-cancel.md).
+
 A batch's parsed elements, chunks and settings go to the tasks wrapped in `quote`: Prefect
 otherwise walks every argument, element by element, looking for upstream futures (there are none:
 tasks are called, not submitted).
@@ -63,6 +70,8 @@ from prefect.utilities.annotations import quote
 
 from flows.ingest.crash import CrashHook, crash_hook, no_crash
 from flows.ingest.retries import TRANSIENT, Outcomes
+from pipelines import tracing
+from pipelines.diskspace import check_free, disk_full
 
 if TYPE_CHECKING:
     from pipelines.discover import Discovery
@@ -75,6 +84,15 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[str, int, int], None]
 StepFn = Callable[[str, float], None]
+
+# A batch's steps before its first write: a cancel is honoured before any of them.
+_BEFORE_WRITES = frozenset(
+    {"parse", "chunk", "check_chunks", "embed", "check_vectors", "record_chunks"}
+)
+
+
+class RunCancelled(Exception):
+    """The run stopped because it was asked to (its finished batches are kept, whole)."""
 
 
 @dataclass
@@ -92,6 +110,10 @@ class IngestInputs:
     tasks: bool = True
     # `on_step(task name, seconds)` after each step (the ingest benchmark's step times).
     on_step: StepFn | None = None
+    # True once the run is asked to stop (a cancel, a server shutting down).
+    stop: Callable[[], bool] | None = None
+    # Called with the summary of a run that was cancelled (what it did before it stopped).
+    on_cancelled: Callable[[dict[str, Any]], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestInputs:
@@ -101,6 +123,11 @@ class IngestInputs:
     def report(self, label: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(label, done, total)
+
+    def check_stop(self, where: str) -> None:
+        """Raise `RunCancelled` if the run was asked to stop."""
+        if self.stop is not None and self.stop():
+            raise RunCancelled(f"cancelled before {where}")
 
 
 # --- tasks: one call into pipelines/ each -----------------------------------------------------
@@ -331,12 +358,14 @@ T = TypeVar("T")
 
 def _step(inputs: IngestInputs, task: Any, *args: Any) -> Any:
     """One step: a task run whose arguments Prefect hands over as they are (`quote`: never walked
-    for upstream futures, there are none), or, with `tasks=False`, the task's function alone."""
+    for upstream futures, there are none), or, with `tasks=False`, the task's function alone; in
+    an `ingest.<task>` span (pipelines/tracing.py: nothing unless tracing is on)."""
     t = time.perf_counter()
     try:
-        if inputs.tasks:
-            return task(*(quote(a) for a in args))
-        return task.fn(*args)
+        with tracing.span(f"ingest.{task.name}"):
+            if inputs.tasks:
+                return task(*(quote(a) for a in args))
+            return task.fn(*args)
     finally:
         if inputs.on_step is not None:
             inputs.on_step(task.name, time.perf_counter() - t)
@@ -388,6 +417,8 @@ def _index_batch(run: _Run, batch: list[SourceDocument], states: dict[str, str])
         if not keys:
             return {}
         inputs.crash(name)
+        if name in _BEFORE_WRITES:
+            inputs.check_stop(name)
         out: Outcomes[Any] = Outcomes()
         try:
             call(out)
@@ -395,6 +426,9 @@ def _index_batch(run: _Run, batch: list[SourceDocument], states: dict[str, str])
             for k in keys:
                 if k not in out.ok:
                     out.errors.setdefault(k, e)
+        for error in out.errors.values():  # a full disk fails the run, not one document
+            if full := disk_full(error, s.data_dir):
+                raise full from None
         for k, error in out.errors.items():
             failed[k] = ("failed", _reason(error))
         return {k: r for k, r in out.ok.items() if k not in out.errors}
@@ -487,8 +521,12 @@ def _index_all(run: _Run, found: Discovery, states: dict[str, str]) -> None:
     size = run.settings.ingest.batch_documents
     run.inputs.report("documents", 0, len(todo))
     for start in range(0, len(todo), size):
+        run.inputs.check_stop(f"batch {start // size + 1}")
         batch = todo[start : start + size]
-        _index_batch(run, batch, states)
+        # Before any of the batch is written: a full disk is a clear error, not a SIGBUS.
+        check_free(run.settings.data_dir, run.settings.ingest.min_free_bytes)
+        with tracing.span("ingest.batch", {"impetus.documents": len(batch)}):
+            _index_batch(run, batch, states)
         run.inputs.report("documents", start + len(batch), len(todo))
 
 
@@ -520,7 +558,12 @@ def _open(inputs: IngestInputs) -> tuple[VectorStore, Lineage]:
 
 def _close_store(inputs: IngestInputs, store: VectorStore) -> None:
     if inputs.store is not store:  # a store passed in belongs to its owner
-        store.close()
+        try:
+            store.close()
+        except Exception as e:  # flushing onto a full disk: say so (the WAL keeps the writes)
+            if full := disk_full(e, inputs.settings.data_dir):
+                raise full from None
+            raise
 
 
 def _start(
@@ -538,11 +581,37 @@ def _start(
     return run
 
 
+def _run_span(kind: str, inputs: IngestInputs, run_id: str, collection: str) -> Any:
+    """The root span of a run (a trace of its own), when settings `telemetry` ask for traces."""
+    from serving.tracing import ensure_installed
+
+    ensure_installed(inputs.settings)
+    return tracing.span(kind, {"impetus.run_id": run_id, "impetus.collection": collection})
+
+
+def _failed(run: _Run | None, error: BaseException) -> None:
+    """Record the run as failed; a full disk may refuse even that (the next start marks it)."""
+    if run is None:
+        return
+    try:
+        run.lineage.finish_run(run.run_id, "failed", run.summary())
+    except Exception as e:
+        if not disk_full(e, run.settings.data_dir):
+            raise
+
+
 def run_ingest(
     inputs: IngestInputs, paths: Sequence[str], collection: str, prune: bool, *, run_id: str
 ) -> dict[str, Any]:
     """The ingest pipeline: discover, classify, index what changed in batches, prune, collect
     garbage, rebuild the BM25 index; recorded in lineage as run `run_id`. Returns the summary."""
+    with _run_span("ingest", inputs, run_id, collection):
+        return _ingest(inputs, paths, collection, prune, run_id=run_id)
+
+
+def _ingest(
+    inputs: IngestInputs, paths: Sequence[str], collection: str, prune: bool, *, run_id: str
+) -> dict[str, Any]:
     from pipelines.vectorstore import prepare_collection
 
     settings = inputs.settings
@@ -560,6 +629,7 @@ def run_ingest(
         )
         states = _step(inputs, classify, lineage, run.collection, found.documents, run.version)
         _index_all(run, found, states)
+        inputs.check_stop("prune")
         if prune:
             inputs.crash("prune")
             gone = _step(
@@ -580,13 +650,35 @@ def run_ingest(
         inputs.crash("finish")
         lineage.finish_run(run.run_id, "completed", run.summary())
         return run.summary()
-    except BaseException:
+    except RunCancelled:
         if run is not None:
-            lineage.finish_run(run.run_id, "failed", run.summary())
+            _wind_down(run)
+        raise
+    except BaseException as e:
+        _failed(run, e)
+        if full := disk_full(e, settings.data_dir):
+            raise full from None
         raise
     finally:
         lineage.close()
         _close_store(inputs, store)
+
+
+def _wind_down(run: _Run) -> None:
+    """A cancelled run's last steps: the committed documents' old points go, the BM25 index
+    follows what changed, and lineage records the run `cancelled` with what it did."""
+    try:
+        _collect_garbage(run)
+        changed = bool(run.counts["points_upserted"] or run.counts["points_deleted"])
+        if changed:
+            _step(run.inputs, sparse_index, run.store, run.collection, run.settings, True)
+    except BaseException:
+        run.lineage.finish_run(run.run_id, "failed", run.summary())
+        raise
+    summary = {**run.summary(), "cancelled": True}
+    run.lineage.finish_run(run.run_id, "cancelled", summary)
+    if run.inputs.on_cancelled is not None:
+        run.inputs.on_cancelled(summary)
 
 
 def run_reindex(inputs: IngestInputs, collection: str, *, run_id: str) -> dict[str, Any]:
@@ -594,6 +686,11 @@ def run_reindex(inputs: IngestInputs, collection: str, *, run_id: str) -> dict[s
     collection, switch its alias atomically, then drop versions beyond `keep_versions`.
 
     Until the switch every search is answered by the old physical collection."""
+    with _run_span("reindex", inputs, run_id, collection):
+        return _reindex(inputs, collection, run_id=run_id)
+
+
+def _reindex(inputs: IngestInputs, collection: str, *, run_id: str) -> dict[str, Any]:
     from pipelines.discover import discover_documents
     from pipelines.vectorstore import CollectionNotFound, physical_name
 
@@ -634,9 +731,10 @@ def run_reindex(inputs: IngestInputs, collection: str, *, run_id: str) -> dict[s
         inputs.crash("finish")
         lineage.finish_run(run.run_id, "completed", run.summary())
         return {**run.summary(), **result}
-    except BaseException:
-        if run is not None:
-            lineage.finish_run(run.run_id, "failed", run.summary())
+    except BaseException as e:
+        _failed(run, e)
+        if full := disk_full(e, settings.data_dir):
+            raise full from None
         raise
     finally:
         lineage.close()
@@ -674,11 +772,17 @@ def reindex(collection: str = "default") -> dict[str, Any]:
     return run_reindex(_process_inputs(), collection, run_id=str(flow_run.id))
 
 
-def ingest_flow(inputs: IngestInputs) -> Flow[..., dict[str, Any]]:
-    """The `ingest` flow (same name, parameters and run id = lineage run id) over `inputs`."""
+def ingest_flow(inputs: IngestInputs) -> Flow[..., Any]:
+    """The `ingest` flow (same name, parameters and run id = lineage run id) over `inputs`; a
+    run cancelled through `inputs.stop` ends in Prefect's Cancelled state, not Failed."""
 
-    def run(paths: list[str], collection: str = "default", prune: bool = False) -> dict[str, Any]:
-        return run_ingest(inputs, paths, collection, prune, run_id=str(flow_run.id))
+    def run(paths: list[str], collection: str = "default", prune: bool = False) -> Any:
+        try:
+            return run_ingest(inputs, paths, collection, prune, run_id=str(flow_run.id))
+        except RunCancelled as e:
+            from prefect.states import Cancelled
+
+            return Cancelled(message=str(e))
 
     return Flow(run, name="ingest", validate_parameters=False, description=ingest.description)
 

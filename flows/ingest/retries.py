@@ -21,7 +21,12 @@ R = TypeVar("R")
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry unless the error is a domain error (corrupt file, locked store): those stay."""
-    return not isinstance(state.data, ImpetusError)
+    from pipelines.diskspace import is_disk_full
+
+    error = state.data
+    return not isinstance(error, ImpetusError) and not (
+        isinstance(error, BaseException) and is_disk_full(error)
+    )
 
 
 # Where failures can be transient (store and database I/O, a file still being written): three

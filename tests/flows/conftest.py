@@ -26,6 +26,12 @@ def prefect_harness() -> Iterator[None]:
             f"Prefect's server cannot start in this environment ({e}): Prefect 3.8 still passes "
             "Body(min_items=...) which fastapi 0.155 removed; constrain fastapi<0.155"
         )
+    # Prefect's events and log workers are process-wide and keep the API URL they were made
+    # with: one made by an earlier test in this process (a server's own Prefect child, under
+    # xdist) would send this session's task runs there. Stop them; the next ones use the harness.
+    from flows.ingest.runner import _flush_prefect_workers
+
+    _flush_prefect_workers()
     # Prefect's server imports its whole API before answering; give a busy CI box time.
     with prefect_test_harness(server_startup_timeout=180):
         yield
