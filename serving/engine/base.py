@@ -39,6 +39,9 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # never emitted
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20
+    # "auto": prompt-lookup speculative decoding where the engine allows it
+    # (serving/engine/speculative.py); "off": never for this request.
+    speculative: Literal["auto", "off"] = "auto"
 
 
 ConstraintKind = Literal["json_object", "json_schema", "tool_calls", "tool_calls_or_json"]
@@ -98,6 +101,17 @@ class TokenLogprob:
     top: list[tuple[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SequenceTimings:
+    """When one sequence passed each stage in the engine, as `time.time_ns()`: wall-clock time, so
+    that whoever reads it, in this process or across Ray, can place the stages as spans."""
+
+    queued_ns: int  # handed to the engine
+    admitted_ns: int  # taken into the batch: its prefill starts (or waits for a free slot)
+    first_token_ns: int  # its first token sampled
+    finished_ns: int  # its last token sampled
+
+
 @dataclass
 class Delta:
     """A piece of one sequence's output. The last delta has `finish_reason` set."""
@@ -110,6 +124,7 @@ class Delta:
     completion_tokens: int = 0  # running count
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (last delta)
     stop_sequence: str | None = None  # the stop string that ended the sequence (last delta)
+    timings: SequenceTimings | None = None  # the sequence's stages (last delta; None: not timed)
 
 
 @dataclass
@@ -127,7 +142,28 @@ class EngineStats:
     prefix_cache_misses: int = 0
     prefix_cache_bytes: int = 0
     prefix_cache_limit_bytes: int = 0
+    # the prefix cache by tier (prefix_cache_hits counts both; serving/engine/prefix_store.py)
+    prefix_cache_memory_hits: int = 0
+    prefix_cache_disk_hits: int = 0
+    prefix_cache_disk_bytes: int = 0
+    prefix_cache_disk_limit_bytes: int = 0  # 0: no disk tier
     memory_bytes: int = 0  # weights + caches resident for this model
+    # prompt-lookup speculative decoding (serving/engine/speculative.py): verify forwards, draft
+    # tokens scored and accepted, tokens the verify steps emitted
+    speculative_steps: int = 0
+    speculative_drafted_tokens: int = 0
+    speculative_accepted_tokens: int = 0
+    speculative_emitted_tokens: int = 0
+
+    @property
+    def speculative_acceptance_rate(self) -> float:
+        """Accepted draft tokens / drafted (0 before any draft)."""
+        return self.speculative_accepted_tokens / max(1, self.speculative_drafted_tokens)
+
+    @property
+    def speculative_tokens_per_step(self) -> float:
+        """Tokens emitted per verify forward (1 would be plain decoding; 0 before any step)."""
+        return self.speculative_emitted_tokens / max(1, self.speculative_steps)
 
 
 class EngineError(ImpetusError):

@@ -7,6 +7,10 @@ registry models load. A registry LLM that is not resident loads on demand when
 `serve.load_on_demand` is on (the default) and it fits the budget, evicting idle models least
 recently used first; otherwise the request gets 503 model_not_loaded or 507 insufficient_memory.
 The default model (`models.llm`) is never unloaded for idleness or evicted.
+
+What the budget counts: the engines' own estimates, or, when the manager is given a
+`process_memory` reader (`impetus serve` passes serving/engine/memory.py's), the process's real
+footprint (resident set, MLX's active and cache memory) when that is larger.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import structlog
 from pipelines.errors import ImpetusError
 from pipelines.models.store import ModelEntry, ModelStore
 from serving.engine.base import Engine, EngineStats
+from serving.engine.memory import ProcessMemory, process_memory
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -75,7 +80,8 @@ class LoadState:
 
 
 def default_memory_budget() -> int:
-    """70% of physical memory: room for the OS, the embedder and the HTTP process."""
+    """70% of physical memory: room for the OS and the other programs (the budget counts this
+    process's whole footprint under `impetus serve`)."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -96,6 +102,7 @@ class ModelManager:
         idle_ttl_s: float = 0.0,
         load_on_demand: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        process_memory: Callable[[], ProcessMemory] | None = None,
     ) -> None:
         self.store = store
         self.default_model = default_model
@@ -104,6 +111,9 @@ class ModelManager:
         self.load_on_demand = load_on_demand
         self._factory = engine_factory
         self._clock = clock
+        # Reads the process's footprint for the budget; None: the engines' estimates alone (a
+        # Ray ingress, whose models live in other processes; tests with fake engines).
+        self._process_memory = process_memory
         self._resident: dict[str, _Resident] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._budget_lock = asyncio.Lock()
@@ -113,6 +123,7 @@ class ModelManager:
         self.load_states: dict[str, LoadState] = {}
         self._entries: list[ModelEntry] = []
         self._entries_at = -1e9
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     @classmethod
     def from_settings(
@@ -126,7 +137,21 @@ class ModelManager:
             memory_budget_bytes=s.memory_budget_bytes,
             idle_ttl_s=s.idle_ttl_s,
             load_on_demand=s.load_on_demand,
+            process_memory=process_memory,
         )
+
+    def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call `listener(event, data)` on the event loop when a model is loaded, unloaded or
+        evicted (`model.loaded` | `model.unloaded` | `model.evicted`; data names the model):
+        the dashboard's event stream (serving/http/live.py)."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, **data: Any) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, data)
+            except Exception as exc:  # a listener must not break loading
+                log.warning("model.listener_failed", event_name=event, error=str(exc))
 
     # -- the registry ------------------------------------------------------------------------------
 
@@ -152,8 +177,32 @@ class ModelManager:
     def is_loaded(self, name: str) -> bool:
         return name in self._resident
 
+    def engines_bytes(self) -> int:
+        """What the resident engines say they hold (weights, KV and prefix caches)."""
+        return sum(r.memory_bytes for r in self._resident.values())
+
     def memory_in_use(self) -> int:
-        return sum(r.memory_bytes for r in self._resident.values()) + self._reserved
+        """What the budget counts: the engines' estimates or, when measured and larger, the
+        process's real footprint; plus what loads in progress have reserved."""
+        used = self.engines_bytes()
+        if self._process_memory is not None:
+            used = max(used, self._process_memory().footprint_bytes)
+        return used + self._reserved
+
+    def memory_report(self) -> dict[str, Any]:
+        """/api/health/status's memory: the budget's figure, the engines' and the process's."""
+        proc = (self._process_memory or process_memory)()
+        return {
+            "in_use_bytes": self.memory_in_use(),
+            "budget_bytes": self.memory_budget_bytes,
+            "budget_counts": "process" if self._process_memory is not None else "engines",
+            "engines_bytes": self.engines_bytes(),
+            "process_rss_bytes": proc.rss_bytes,
+            "mlx_active_bytes": proc.mlx_active_bytes,
+            "mlx_cache_bytes": proc.mlx_cache_bytes,
+            "process_footprint_bytes": proc.footprint_bytes,
+            "idle_ttl_s": self.idle_ttl_s,
+        }
 
     @contextlib.asynccontextmanager
     async def use(self, name: str) -> AsyncIterator[Engine]:
@@ -180,6 +229,15 @@ class ModelManager:
 
     async def load(self, name: str) -> Engine:
         """Make `name` resident (idempotent); evicts idle models to fit the budget."""
+        try:
+            return await self._load(name)
+        except Exception as exc:
+            state = self.load_states.get(name)  # shown by /api/health/status: not "loading"
+            if state is not None:
+                state.state, state.error = "failed", str(exc)
+            raise
+
+    async def _load(self, name: str) -> Engine:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name in self._resident:
@@ -214,12 +272,15 @@ class ModelManager:
             memory = _engine_memory(engine) or need
             now = self._clock()
             self._resident[name] = _Resident(engine, memory, now, now)
+            if name in self.load_states:  # a later load of a model first loaded at start-up
+                self.load_states[name].state = "loaded"
             log.info(
                 "model.load.done",
                 model=name,
                 memory_bytes=memory,
                 seconds=round(time.perf_counter() - started, 2),
             )
+            self._emit("model.loaded", model=name, memory_bytes=memory)
             return engine
 
     def load_in_background(self, name: str) -> asyncio.Task[Any]:
@@ -248,6 +309,7 @@ class ModelManager:
                 return False
             await res.engine.close()
             log.info("model.unloaded", model=name, memory_bytes=res.memory_bytes)
+            self._emit("model.unloaded", model=name, memory_bytes=res.memory_bytes)
             return True
 
     async def reap_idle(self) -> list[str]:
@@ -323,7 +385,10 @@ class ModelManager:
                 f"Model {name!r} needs about {need >> 20} MiB, more than the whole memory budget "
                 f"({budget >> 20} MiB); raise serve.memory_budget_bytes."
             )
-        while self.memory_in_use() + need > budget:
+        # Measured once: an evicted engine's memory is taken to be freed at once (the allocator
+        # may return it to the OS later, or never), so each eviction subtracts its figure.
+        in_use = self.memory_in_use()
+        while in_use + need > budget:
             idle = [
                 (r.last_used, n)
                 for n, r in self._resident.items()
@@ -332,14 +397,25 @@ class ModelManager:
             if not idle:
                 busy = ", ".join(self._resident) or "models being loaded"
                 raise InsufficientMemoryError(
-                    f"Model {name!r} needs about {need >> 20} MiB but "
-                    f"{self.memory_in_use() >> 20} of {budget >> 20} MiB are held by {busy}. "
-                    "Unload one (POST /api/models/unload) or raise serve.memory_budget_bytes."
+                    f"Model {name!r} needs about {need >> 20} MiB but {in_use >> 20} of "
+                    f"{budget >> 20} MiB are in use ({self._held_by(busy)}). Unload one "
+                    "(POST /api/models/unload) or raise serve.memory_budget_bytes."
                 )
             _, victim = min(idle)
             log.info("model.evict", model=victim, for_model=name)
             res = self._resident.pop(victim)
             await res.engine.close()
+            self._emit("model.evicted", model=victim, for_model=name, memory_bytes=res.memory_bytes)
+            in_use -= res.memory_bytes
+
+    def _held_by(self, busy: str) -> str:
+        if self._process_memory is None:
+            return f"held by {busy}"
+        footprint = self._process_memory().footprint_bytes
+        return (
+            f"the larger of this process's footprint, {footprint >> 20} MiB, and what the "
+            f"engines of {busy} report, {self.engines_bytes() >> 20} MiB"
+        )
 
     async def _reap_forever(self) -> None:
         interval = max(1.0, min(self.idle_ttl_s / 4, 30.0))
@@ -373,6 +449,9 @@ def mlx_engine_factory(settings: Settings) -> EngineFactory:
             max_batch_size=s.max_batch_size,
             prefix_cache_bytes=s.prefix_cache_bytes,
             retry_after=s.retry_after_s,
+            prefix_cache_dir=settings.data_dir / "prefix-cache",
+            prefix_cache_disk_bytes=s.prefix_cache_disk_bytes,
+            speculative=s.speculative,
         )
 
     return factory

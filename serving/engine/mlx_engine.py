@@ -12,8 +12,16 @@ Seams, one sentence each:
   with equal parameters share one, so that the batch samples in one call: sampling.py),
   its own logits processors, and its own stop strings (stops.py). An idle engine admits
   a burst of requests together, so that they are prefilled as one batch.
-- Finished sequences leave their KV cache in a prompt-prefix cache (mlx-lm's `LRUPromptCache`)
-  capped in bytes; a later prompt that shares a prefix starts from a copy of it.
+- Finished sequences leave their KV cache in a prompt-prefix cache capped in bytes, in memory
+  and optionally on disk across restarts (prefix_store.py); a later prompt that shares a prefix
+  starts from a copy of it. A chat's system prompt and tools are kept on disk as a checkpoint of
+  their own (`_checkpoints`), which every conversation with the same agent prompt shares.
+- A sequence that runs alone decodes speculatively (prompt lookup: speculative.py): it leaves the
+  batch with its KV cache (`BatchGenerator.remove(..., return_prompt_caches=True)`), each step
+  verifies `[last token] + draft` in one forward and trims the cache past the first rejected
+  token, and it rejoins the batch (`insert` with its cache and tokens) as soon as another
+  sequence is admitted, or for a while when its drafts are mostly rejected. Sequences the
+  verifier cannot reproduce exactly (grammar, logprobs, seeded sampling) never leave the batch.
 
 - The engine reads no wire format: it applies the chat template to a request's `messages` (with
   its `tools` as the template's argument), or tokenizes `prompt`, or takes `prompt_ids`, and
@@ -37,7 +45,9 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
 
 from serving.engine.base import (
     Delta,
@@ -50,12 +60,17 @@ from serving.engine.base import (
     QueueFullError,
     SamplingParams,
 )
+from serving.engine.prefix_store import PrefixStats, PrefixStore, common_prefix
 from serving.engine.sampling import validate_params
 from serving.engine.sequence import LiveSequence
+from serving.engine.speculative import DraftLength, NgramDrafter, SpecStats
 from serving.engine.stops import StopStrings
-from serving.engine.window import fit_window
+from serving.engine.window import check_chars, fit_window, text_chars
 
 log = logging.getLogger(__name__)
+
+# A chat's system prompt and tools shorter than this are not worth a checkpoint file of their own.
+MIN_CHECKPOINT_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,10 @@ class MLXEngineConfig:
     queue_limit: int = 64  # waiting + running sequences; past it generate raises QueueFullError
     retry_after: float = 1.0  # seconds, suggested to a client turned away
     prefix_cache_bytes: int = 512 << 20  # 0 turns the prefix cache off
+    # The disk tier (prefix_store.py): a folder (one subfolder per model and weights) and a byte
+    # cap; None or 0 turns it off.
+    prefix_cache_dir: Path | None = None
+    prefix_cache_disk_bytes: int = 0
     # An idle engine woken by a request takes, before its first step, the requests that follow
     # it by less than admit_gap_s (up to admit_window_s in all): a burst of clients starts as
     # one prefill batch. A lone request waits admit_gap_s at most; 0 turns it off.
@@ -80,6 +99,31 @@ class MLXEngineConfig:
     # A chat template without tool support gets the tools as a prompt in the messages (the HTTP
     # side writes it: `capabilities()` says so); False turns such requests away with a 400 instead.
     tool_prompt_fallback: bool = True
+    # "auto": a sequence running alone decodes speculatively (speculative.py); "off": never.
+    speculative: Literal["auto", "off"] = "auto"
+    # Tokens a sequence decodes in the batch after its drafts were mostly rejected.
+    speculative_backoff_tokens: int = 64
+
+
+class _SoloToken(NamedTuple):
+    """One token of a speculative step, shaped like the batch's responses for `_on_token`."""
+
+    token: int
+    finish_reason: str | None
+    logprobs: Any = None
+
+
+@dataclass
+class _Solo:
+    """The sequence decoding speculatively outside the batch. Its cache holds every token of
+    `drafter.tokens` but the last, which the next step feeds first."""
+
+    seq: LiveSequence
+    cache: list[Any]
+    drafter: NgramDrafter
+    sampler: Any  # a KeyedSampler, or None for greedy
+    processors: list[Any]
+    length: DraftLength
 
 
 @dataclass
@@ -87,11 +131,8 @@ class _Counters:
     requests_total: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
-    hits: int = 0
-    misses: int = 0
     running: int = 0
     kv_bytes: int = 0
-    prefix_bytes: int = 0
 
 
 def load_model(path: Path, *, cpu_float32: bool = True) -> tuple[Any, Any]:
@@ -105,6 +146,34 @@ def load_model(path: Path, *, cpu_float32: bool = True) -> tuple[Any, Any]:
 def chat_template_renders_tools(chat_template: str | None) -> bool:
     """Whether a chat template renders the `tools` it is given (it mentions them at all)."""
     return bool(chat_template) and re.search(r"\btools\b", chat_template or "") is not None
+
+
+def coalesce(
+    first: Delta, pending: asyncio.Queue[Delta | BaseException]
+) -> tuple[Delta, BaseException | None]:
+    """`first` merged with the deltas already waiting behind it, and the error that ended them
+    (if one did). A consumer that fell behind the decode steps then sends one event for what
+    came meanwhile, not one per token: on a fast accelerator a step can take less time than
+    delivering a token to every stream, and the per-event work (chunk, SSE frame, socket
+    write, a Ray object in Ray mode) would cap throughput. No wait: only what is there now."""
+    merged = first
+    while merged.finish_reason is None and not pending.empty():
+        item = pending.get_nowait()
+        if isinstance(item, BaseException):
+            return merged, item
+        merged = merge_deltas(merged, item)
+    return merged, None
+
+
+def merge_deltas(a: Delta, b: Delta) -> Delta:
+    """One delta for `a` then `b`: texts, token ids and logprobs concatenated; the running and
+    last-delta fields (counts, finish, stop string, timings) are `b`'s."""
+    logprobs = None if a.logprobs is None and b.logprobs is None else [
+        *(a.logprobs or []), *(b.logprobs or [])
+    ]  # fmt: skip
+    return replace(
+        b, text=a.text + b.text, token_ids=[*a.token_ids, *b.token_ids], logprobs=logprobs
+    )
 
 
 def _put_all(
@@ -138,9 +207,14 @@ class MLXEngine:
         self._tokenizer: Any = None
         self._context = 0
         self._vocab_size = 0
+        self._max_token_chars = 0  # the longest vocabulary entry: check_chars's bound
         self._weights_bytes = 0
         self._token_texts: dict[int, str] = {}
         self._ll_tokenizer: Any = None  # llguidance's view of the tokenizer, built on first use
+        self._prefix: PrefixStore | None = None  # the prefix cache, opened at load
+        self._solo: _Solo | None = None  # the sequence decoding speculatively, if any
+        self._spec = SpecStats()
+        self._trimmable: bool | None = None  # whether the model's KV cache can roll back
 
     @classmethod
     def load(
@@ -153,6 +227,9 @@ class MLXEngine:
         queue_limit: int | None = None,
         prefix_cache_bytes: int | None = None,
         retry_after: float | None = None,
+        prefix_cache_dir: Path | None = None,
+        prefix_cache_disk_bytes: int | None = None,
+        speculative: Literal["auto", "off"] | None = None,
     ) -> MLXEngine:
         """Load the model folder (blocking: call it off the event loop) and start the engine."""
         overrides: dict[str, Any] = {
@@ -160,6 +237,9 @@ class MLXEngine:
             "queue_limit": queue_limit,
             "prefix_cache_bytes": prefix_cache_bytes,
             "retry_after": retry_after,
+            "prefix_cache_dir": prefix_cache_dir,
+            "prefix_cache_disk_bytes": prefix_cache_disk_bytes,
+            "speculative": speculative,
         }
         cfg = replace(
             config or MLXEngineConfig(), **{k: v for k, v in overrides.items() if v is not None}
@@ -190,7 +270,8 @@ class MLXEngine:
         )
         if self._admitted >= self.config.queue_limit:
             raise self._queue_full()
-        return self._stream(request.request_id, prompt, params, max_tokens, matcher)
+        checkpoints = self._checkpoints(request, prompt)
+        return self._stream(request.request_id, prompt, params, max_tokens, matcher, checkpoints)
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._encode(request))
@@ -199,6 +280,7 @@ class MLXEngine:
         self, request: GenerationRequest, add_special_tokens: bool | None = None
     ) -> list[int]:
         if request.prompt is not None and add_special_tokens is not None:
+            self._check_chars(request)
             with self._tok_lock:
                 ids = self._tokenizer.encode(request.prompt, add_special_tokens=add_special_tokens)
             return [int(t) for t in ids]
@@ -227,6 +309,8 @@ class MLXEngine:
     def stats(self) -> EngineStats:
         c = self._counters
         running = c.running
+        store = self._prefix
+        p = store.stats() if store is not None else PrefixStats()
         return EngineStats(
             model=self.model_name,
             queue_depth=max(0, self._admitted - running),
@@ -235,11 +319,19 @@ class MLXEngine:
             requests_total=c.requests_total,
             prompt_tokens_total=c.prompt_tokens_total,
             generation_tokens_total=c.generation_tokens_total,
-            prefix_cache_hits=c.hits,
-            prefix_cache_misses=c.misses,
-            prefix_cache_bytes=c.prefix_bytes,
+            prefix_cache_hits=p.memory_hits + p.disk_hits,
+            prefix_cache_misses=p.misses,
+            prefix_cache_bytes=p.memory_bytes,
             prefix_cache_limit_bytes=self.config.prefix_cache_bytes,
-            memory_bytes=self._weights_bytes + c.kv_bytes + c.prefix_bytes,
+            prefix_cache_memory_hits=p.memory_hits,
+            prefix_cache_disk_hits=p.disk_hits,
+            prefix_cache_disk_bytes=p.disk_bytes,
+            prefix_cache_disk_limit_bytes=p.disk_limit_bytes,
+            memory_bytes=self._weights_bytes + c.kv_bytes + p.memory_bytes,
+            speculative_steps=self._spec.steps,
+            speculative_drafted_tokens=self._spec.drafted,
+            speculative_accepted_tokens=self._spec.accepted,
+            speculative_emitted_tokens=self._spec.emitted,
         )
 
     async def close(self) -> None:
@@ -257,6 +349,7 @@ class MLXEngine:
         params: SamplingParams,
         max_tokens: int,
         matcher: Any = None,
+        checkpoints: tuple[int, ...] = (),
     ) -> AsyncIterator[Delta]:
         seq = LiveSequence(
             request_id=request_id,
@@ -267,6 +360,7 @@ class MLXEngine:
             queue=asyncio.Queue(),
             stops=StopStrings(params.stop),
             matcher=matcher,
+            checkpoints=checkpoints,
         )
         with self._slots:  # under the lock that close() takes: an admit never follows "close"
             if self._closed or not self._thread.is_alive():
@@ -274,13 +368,17 @@ class MLXEngine:
             if self._admitted >= self.config.queue_limit:
                 raise self._queue_full()
             self._admitted += 1
+            seq.queued_ns = time.time_ns()
             self._inbox.put(("admit", seq))
         try:
             while True:
                 item = await seq.queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                item, failed = coalesce(item, seq.queue)
                 yield item
+                if failed is not None:
+                    raise failed
                 if item.finish_reason is not None:
                     return
         finally:
@@ -310,10 +408,23 @@ class MLXEngine:
         if request.prompt_ids is not None:
             ids: Any = request.prompt_ids
         else:
+            self._check_chars(request)
             ids = self._tokenize(request)
         if not ids:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
         return [int(t) for t in ids]
+
+    def _check_chars(self, request: GenerationRequest) -> None:
+        """The cheap bound (window.py) before a tokenizer sees a long text."""
+        text: object = request.prompt if request.messages is None else request.messages
+        param = "messages" if request.messages is not None else "prompt"
+        check_chars(
+            text_chars(text),
+            self._context,
+            self._max_token_chars,
+            model=self.model_name,
+            param=param,
+        )
 
     def _tokenize(self, request: GenerationRequest) -> Any:
         tok = self._tokenizer
@@ -321,23 +432,50 @@ class MLXEngine:
             if request.messages is not None:
                 if not request.messages:
                     raise InvalidRequestError("messages must not be empty.", param="messages")
-                template_args = dict(request.template_kwargs)
-                if request.tools is not None:
-                    template_args["tools"] = request.tools
                 try:
-                    ids: Any = tok.apply_chat_template(
-                        request.messages, add_generation_prompt=True, **template_args
-                    )
+                    return self._render(request, request.messages, add_generation_prompt=True)
                 except Exception as exc:
                     raise InvalidRequestError(
                         f"The model's chat template rejected the messages: {exc}", param="messages"
                     ) from exc
-                if not isinstance(ids, list):  # a BatchEncoding in some transformers versions
-                    ids = list(ids["input_ids"])
-                return ids
             text = request.prompt or ""
             bos = tok.bos_token
             return tok.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
+
+    def _render(
+        self, request: GenerationRequest, messages: list[Any], *, add_generation_prompt: bool
+    ) -> list[int]:
+        """The chat template applied to `messages` with the request's tools and template
+        arguments (under `_tok_lock`)."""
+        template_args = dict(request.template_kwargs)
+        if request.tools is not None:
+            template_args["tools"] = request.tools
+        ids: Any = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, **template_args
+        )
+        if not isinstance(ids, list):  # a BatchEncoding in some transformers versions
+            ids = list(ids["input_ids"])
+        return ids
+
+    def _checkpoints(self, request: GenerationRequest, prompt: list[int]) -> tuple[int, ...]:
+        """Where in `prompt` a chat's leading system messages (with the tools) end, when the disk
+        tier is on: the prefix that agent clients keep the same across turns and conversations,
+        kept as a file of its own (prefix_store.py). Found by rendering those messages alone;
+        the rest of a conversation needs no checkpoint (a cached turn serves any prefix of it)."""
+        store = self._prefix
+        if store is None or store.disk is None or not request.messages:
+            return ()
+        roles = [m.get("role") for m in request.messages]
+        head = next((i for i, r in enumerate(roles) if r not in ("system", "developer")), 0)
+        if head == 0:
+            return ()
+        try:
+            with self._tok_lock:
+                ids = self._render(request, request.messages[:head], add_generation_prompt=False)
+        except Exception:  # a template that needs a user turn: no checkpoint, no error
+            return ()
+        n = common_prefix(np.asarray(ids), np.asarray(prompt))
+        return (n,) if MIN_CHECKPOINT_TOKENS <= n < len(prompt) else ()
 
     def _matcher(self, request: GenerationRequest) -> Any:
         """The request's grammar matcher (serving/engine/grammar.py), or None for free text."""
@@ -398,7 +536,8 @@ class MLXEngine:
     def _load(self) -> None:
         import mlx.core as mx
         from mlx.utils import tree_flatten
-        from mlx_lm.models.cache import LRUPromptCache
+
+        from serving.engine.prefix_store import open_store
 
         self._mx = mx
         model, tokenizer = self._load_weights()
@@ -411,11 +550,18 @@ class MLXEngine:
         )
         self._vocab_size = int(cfg.get("vocab_size", 0)) or len(tokenizer.vocab)
         self._eos_ids = set(tokenizer.eos_token_ids)
+        # Byte-level vocabularies spell each byte as one character, so an entry's length bounds
+        # the characters (of the text) its token covers.
+        self._max_token_chars = max((len(t) for t in tokenizer.vocab), default=1)
         self._stream_mx = mx.default_stream(mx.default_device())
-        self._prefix = (
-            LRUPromptCache(max_size=1 << 30, max_bytes=self.config.prefix_cache_bytes)
-            if self.config.prefix_cache_bytes > 0
-            else None
+        conf = self.config
+        self._prefix = open_store(
+            self.model_name,
+            self.path,
+            memory_bytes=conf.prefix_cache_bytes,
+            disk_dir=conf.prefix_cache_dir,
+            disk_bytes=conf.prefix_cache_disk_bytes,
+            load_mode=f"{mx.default_device()} float32={conf.cpu_float32}",
         )
         self._live: dict[int, LiveSequence] = {}
         self._steps = 0
@@ -485,8 +631,15 @@ class MLXEngine:
                 self._admit(seq)
             elif kind == "cancel":
                 self._cancel(seq)
+        if self._solo is not None and len(self._live) > 1:
+            self._rejoin()
         if self._live:
-            self._step()
+            if self._solo is None and self._may_go_solo():
+                self._go_solo()
+            if self._solo is not None:
+                self._spec_step()
+            else:
+                self._step()
         return True
 
     def _burst(self) -> list[tuple[str, LiveSequence | None]]:
@@ -508,22 +661,16 @@ class MLXEngine:
         return out
 
     def _admit(self, seq: LiveSequence) -> None:
-        from mlx_lm.models.cache import trim_prompt_cache
-
         from serving.engine.sampling import make_logits_processors, make_sampler
 
         c = self._counters
+        seq.admitted_ns = time.time_ns()
         try:
             cache, rest = None, seq.prompt
             if self._prefix is not None:
-                cache, rest = self._prefix.fetch_nearest_cache(self.model_name, seq.prompt)
-                if cache is not None and not rest:  # an exact hit: recompute the last token
-                    trim_prompt_cache(cache, 1)
-                    rest = seq.prompt[-1:]
-                if cache is None:
-                    c.misses += 1
-                else:
-                    c.hits += 1
+                cache, rest = self._prefix.fetch(seq.prompt)
+                for n in seq.checkpoints:
+                    self._prefix.want_checkpoint(seq.prompt[:n])
             seq.cached_tokens = len(seq.prompt) - len(rest)
             sampler = make_sampler(seq.params, self._vocab_size, self._shared_samplers)
             processors = make_logits_processors(seq.params, len(seq.prompt))
@@ -556,6 +703,9 @@ class MLXEngine:
     def _cancel(self, seq: LiveSequence) -> None:
         if seq.uid is not None and self._live.get(seq.uid) is seq:
             self._drop(seq)
+            if self._solo is not None and self._solo.seq is seq:
+                self._solo = None
+                return
             try:
                 self._gen.remove([seq.uid])
             except Exception:
@@ -619,6 +769,139 @@ class MLXEngine:
             return delta
         return seq.on_token(r.token, r.finish_reason, r.logprobs, self._token_text)
 
+    # -- speculative decoding of a sequence that runs alone (speculative.py) ------------------------
+
+    def _may_go_solo(self) -> bool:
+        """One sequence is live, past its first token, and its output can be verified exactly."""
+        from serving.engine.speculative import ineligible
+
+        if self.config.speculative != "auto" or len(self._live) != 1:
+            return False
+        (seq,) = self._live.values()
+        if not seq.started or seq.completion_tokens < seq.speculate_after:
+            return False
+        if ineligible(seq.params, seq.matcher is not None) is not None:
+            return False
+        if self._trimmable is None:
+            from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
+
+            self._trimmable = can_trim_prompt_cache(make_prompt_cache(self._model))
+        return self._trimmable
+
+    def _go_solo(self) -> None:
+        """Take the live sequence out of the batch with its cache. The batch has fed its last
+        token already and sampled the next one ahead; that sample is dropped, and the cache gives
+        back the last token so that the first verify step feeds it again."""
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        from serving.engine.sampling import make_logits_processors, make_sampler
+
+        (seq,) = self._live.values()
+        assert seq.uid is not None
+        try:
+            cache, tokens = self._gen.remove([seq.uid], return_prompt_caches=True)[seq.uid]
+            trim_prompt_cache(cache, 1)
+        except Exception:
+            log.exception("mlx engine: could not take %s out of the batch", seq.request_id)
+            self._fail_all(EngineError)
+            return
+        self._solo = _Solo(
+            seq=seq,
+            cache=cache,
+            drafter=NgramDrafter(tokens),
+            sampler=make_sampler(seq.params, self._vocab_size, self._shared_samplers),
+            processors=make_logits_processors(seq.params, len(seq.prompt)),
+            length=DraftLength(),
+        )
+        self._counters.kv_bytes = sum(c.nbytes for c in cache)
+
+    def _rejoin(self) -> None:
+        """Put the speculative sequence back into the batch: its cache, and its last token as
+        the one-token prompt the batch feeds next (as an exact prefix-cache hit does)."""
+        solo, self._solo = self._solo, None
+        assert solo is not None
+        seq, tokens = solo.seq, solo.drafter.tokens
+        try:
+            (uid,) = self._gen.insert(
+                [tokens[-1:]],
+                max_tokens=[seq.max_tokens - seq.completion_tokens],
+                caches=[solo.cache],
+                all_tokens=[tokens[:-1]],
+                samplers=[solo.sampler],
+                logits_processors=[solo.processors],
+                stop_sequences=[self._eos_stops],
+            )
+        except Exception as exc:
+            log.exception("mlx engine: could not put %s back into the batch", seq.request_id)
+            self._deliver({seq.loop: [(seq.queue, self._failure(seq, exc))]})
+            return
+        self._live.pop(seq.uid or -1, None)
+        seq.uid = uid
+        self._live[uid] = seq
+
+    def _spec_step(self) -> None:
+        """One verify forward of the solo sequence; every emitted token is its own delta."""
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        from serving.engine.speculative import processed_logits, verify
+
+        solo = self._solo
+        assert solo is not None
+        seq, mx = solo.seq, self._mx
+        context = solo.drafter.tokens
+        left = seq.max_tokens - seq.completion_tokens
+        draft = solo.drafter.propose(min(solo.length.k, left - 1))
+        scaled = solo.sampler.scaled_logits if solo.sampler is not None else None
+        try:
+            with mx.stream(self._stream_mx):
+                logits = self._model(mx.array([context[-1:] + draft]), cache=solo.cache)[0]
+                logits = processed_logits(logits, context, draft, solo.processors)
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                accepted, token = verify(logprobs, draft, scaled)
+            deltas, emitted = self._emit(seq, [*draft[:accepted], token])
+        except Exception as exc:
+            log.exception("mlx engine: speculative step failed for %s", seq.request_id)
+            self._solo = None
+            self._deliver({seq.loop: [(seq.queue, self._failure(seq, exc))]})
+            return
+        self._spec.add(len(draft), accepted, len(emitted))
+        if deltas[-1].finish_reason is not None:
+            self._solo = None
+            self._drop(seq)
+            fed = context + draft  # what the cache holds now
+            final = context + emitted
+            keep = len(context) + next(
+                (i for i, (a, b) in enumerate(zip(draft, emitted, strict=False)) if a != b),
+                min(len(draft), len(emitted)),
+            )
+            trim_prompt_cache(solo.cache, len(fed) - keep)
+            self._counters.kv_bytes = 0
+            self._keep_prefix(final[:keep], solo.cache)
+        else:
+            trim_prompt_cache(solo.cache, len(draft) - accepted)
+            self._counters.kv_bytes = sum(c.nbytes for c in solo.cache)
+            solo.drafter.extend(emitted)
+            solo.length.update(len(draft), accepted)
+            if solo.length.backoff():
+                seq.speculate_after = seq.completion_tokens + self.config.speculative_backoff_tokens
+                self._rejoin()
+        self._deliver({seq.loop: [(seq.queue, d) for d in deltas]})
+
+    def _emit(self, seq: LiveSequence, tokens: list[int]) -> tuple[list[Delta], list[int]]:
+        """The deltas of a step's tokens, in order, up to the first that ends the sequence
+        (end-of-sequence, max_tokens, a stop string); and the tokens they took."""
+        deltas: list[Delta] = []
+        for i, token in enumerate(tokens):
+            reason = None
+            if token in self._eos_ids:
+                reason = "stop"
+            elif seq.completion_tokens + 1 >= seq.max_tokens:
+                reason = "length"
+            deltas.append(self._on_token(seq, _SoloToken(token, reason)))
+            if deltas[-1].finish_reason is not None:
+                return deltas, tokens[: i + 1]
+        return deltas, tokens
+
     def _token_text(self, token: int) -> str:
         text = self._token_texts.get(token)
         if text is None:
@@ -628,8 +911,16 @@ class MLXEngine:
     def _keep_prefix(self, tokens: list[int], cache: Any) -> None:
         if self._prefix is None or not tokens or cache is None:
             return
-        self._prefix.insert_cache(self.model_name, tokens, cache)
-        self._counters.prefix_bytes = self._prefix.nbytes
+        # A sequence's cache comes out of the batch as lazy slices (`BatchKVCache.extract`): kept
+        # unevaluated, each holds the whole batch's KV buffers alive while `nbytes` counts only
+        # its slice, so the byte cap never bit and RSS grew by GBs (the soak, issue 19).
+        # Evaluating copies the slice out and lets the batch buffers go.
+        from mlx.utils import tree_flatten
+
+        mx = self._mx
+        flat: Any = tree_flatten([c.state for c in cache])
+        mx.eval([v for _, v in flat if isinstance(v, mx.array)])
+        self._prefix.insert(tokens, cache)
 
     def _drop(self, seq: LiveSequence) -> None:
         seq.done = True
@@ -653,6 +944,7 @@ class MLXEngine:
             msg = message or f"The engine failed while generating request {seq.request_id}."
             out.setdefault(seq.loop, []).append((seq.queue, self._failure(seq, kind(msg))))
         self._live.clear()
+        self._solo = None
         self._counters.running = 0
         try:
             self._gen.close()
@@ -683,9 +975,11 @@ class MLXEngine:
         except queue.Empty:
             pass
         self._deliver(out)
+        if self._prefix is not None:
+            self._prefix.close()  # writes what the disk tier has queued
         self._prefix = None
         self._model = None
-        self._counters.prefix_bytes = self._counters.kv_bytes = 0
+        self._counters.kv_bytes = 0
         self._weights_bytes = 0
 
 

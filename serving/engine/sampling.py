@@ -39,13 +39,18 @@ class KeyedSampler:
     def __call__(self, logprobs: mx.array) -> mx.array:
         # Lazy: the split is evaluated with the token it samples, so the chain never grows.
         self._key, sub = mx.random.split(self._key)
+        return mx.random.categorical(self.scaled_logits(logprobs), key=sub)
+
+    def scaled_logits(self, logprobs: mx.array) -> mx.array:
+        """The logits this sampler draws from, row by row: filters, then temperature (the
+        speculative verifier, speculative.py, needs the distribution itself)."""
         if 0.0 < self._top_p < 1.0:
             logprobs = apply_top_p(logprobs, self._top_p)
         if self._min_p > 0.0:
             logprobs = apply_min_p(logprobs, self._min_p)
         if self._top_k:
             logprobs = apply_top_k(logprobs, self._top_k)
-        return mx.random.categorical(logprobs * self._inv_temp, key=sub)
+        return logprobs * self._inv_temp
 
 
 class SharedSamplers:
@@ -68,13 +73,18 @@ class SharedSamplers:
         return sampler
 
 
+def is_greedy(params: SamplingParams) -> bool:
+    """Whether the sequence decodes by argmax (no sampler: the batch's shared argmax)."""
+    return params.temperature == 0.0 or params.top_k == 1
+
+
 def make_sampler(
     params: SamplingParams, vocab_size: int, shared: SharedSamplers | None = None
 ) -> Sampler | None:
     """The sequence's sampler; None means greedy (the batch's shared argmax). An unseeded
     sequence gets the sampler it shares with others of the same parameters, when `shared` is
     given; a seeded one always gets its own key chain."""
-    if params.temperature == 0.0 or params.top_k == 1:
+    if is_greedy(params):
         return None
     if params.seed is None and shared is not None:
         return shared.get(params, vocab_size)

@@ -8,11 +8,12 @@ nothing of batching or MLX beyond reading one row of log-probabilities.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from serving.engine.base import Delta, FinishReason, SamplingParams, TokenLogprob
+from serving.engine.base import Delta, FinishReason, SamplingParams, SequenceTimings, TokenLogprob
 from serving.engine.stops import StopStrings
 
 _MIN_LOGPROB = -9999.0  # what a -inf logprob is reported as (JSON has no infinity)
@@ -37,6 +38,14 @@ class LiveSequence:
     done: bool = False
     detokenizer: Any = None
     matcher: Any = None  # an llguidance.LLMatcher when the output is constrained (structured.py)
+    checkpoints: tuple[int, ...] = ()  # prompt prefixes the prefix cache keeps on disk (lengths)
+    # Completion tokens before which the sequence may not decode speculatively (backed off:
+    # mlx_engine.py; max_tokens: never).
+    speculate_after: int = 0
+    # time.time_ns() of its stages, for the last delta's `timings` (serving/engine/base.py)
+    queued_ns: int = 0
+    admitted_ns: int = 0
+    first_token_ns: int = 0
 
     def on_token(
         self,
@@ -46,6 +55,8 @@ class LiveSequence:
         token_text: Callable[[int], str],
     ) -> Delta:
         """The delta for one step's token; finish_reason "stop" marks the end-of-sequence token."""
+        if not self.started:
+            self.first_token_ns = time.time_ns()
         self.started = True
         reason = finish_reason
         detok = self.detokenizer
@@ -77,6 +88,9 @@ class LiveSequence:
             delta.prompt_tokens = len(self.prompt)
             delta.cached_tokens = self.cached_tokens
             delta.stop_sequence = self.stops.matched if hit else None
+            delta.timings = SequenceTimings(
+                self.queued_ns, self.admitted_ns, self.first_token_ns, time.time_ns()
+            )
         return delta
 
 

@@ -354,6 +354,31 @@ def test_prefix_cache_stays_under_its_byte_cap(engine: MLXEngine) -> None:
 
 
 @pytest.mark.slow
+def test_prefix_cache_holds_no_more_memory_than_it_counts(engine: MLXEngine) -> None:
+    """A finished sequence's cache leaves the batch as lazy slices of the batch's KV buffers;
+    kept unevaluated, each entry held the whole batch's buffers while counting only its slice
+    (the soak saw RSS grow by GBs under a 1 GB cap). MLX's active memory beyond what the engine
+    counts (weights, live KV, prefix cache) must not grow with requests."""
+    import mlx.core as mx
+
+    def uncounted() -> int:
+        wait_idle(engine)
+        return int(mx.get_active_memory()) - engine.stats().memory_bytes
+
+    async def round_of(i: int) -> None:
+        await asyncio.gather(
+            *(collect(engine, req(f"m{i}-{j}", prompt=f"Round {i}, note {j}:", max_tokens=4))
+              for j in range(QUEUE_LIMIT))
+        )  # fmt: skip
+
+    before = uncounted()
+    for i in range(8):
+        asyncio.run(round_of(i))
+    grown = uncounted() - before
+    assert grown < 32 << 20, f"{grown >> 20} MB of MLX memory held beyond the counted caches"
+
+
+@pytest.mark.slow
 def test_close_ends_pending_requests(model_path: Path) -> None:
     before = _threads_of(MODEL)  # the module's engine has its own
     eng = MLXEngine.load(model_path, MODEL, prefix_cache_bytes=0)

@@ -1,0 +1,202 @@
+"""Where one engine step's time goes, measured from outside the engine.
+
+`python -m flows.bench.gpu.profile --port P` serves Impetus's app as `impetus serve` does (settings
+from the environment, the MLX engine, uvicorn with graceful shutdown), after wrapping timers around
+the engine's methods; `POST /bench/profile` answers what they saw since the last call and starts
+over. Nothing in the engine changes, so the timers cost nothing outside this bench. Per decode
+step of the engine thread (`MLXEngine._step`):
+
+- `gen_step`: mlx-lm's `GenerationBatch.next` (build the forward and the sampling graph, start it
+  with `async_eval`, wait for the previous step's tokens, per-row stop checks): the forward is in
+  here, so this minus the forward alone (runner.py times it) is mlx-lm's own work;
+- `per_token`: the engine's `_on_token` for every sequence (detokenize, stop strings, the Delta);
+- `deliver`: `_deliver` (one `call_soon_threadsafe` per event loop);
+- `step`: all of `_step`, whose rest is BatchGenerator's bookkeeping and the engine's own;
+- `loop_lag`: from `_deliver` to the event loop running the callback, and `loop_callback`, the time
+  inside it (putting each delta on its request's queue);
+- CPU seconds of each thread (/proc): the engine thread's, and the event loop's, which runs
+  routing, JSON and SSE framing for every token, competing with the engine thread for the GIL.
+
+The app runs without its vector store (RAG answers 503, as when another process holds the store),
+which the GPU machine's wheels leave out. `timed_generation_steps` is the same `gen_step` timer for the bare loop in runner.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flows.bench.results import percentile
+
+HOST = "127.0.0.1"
+
+
+@contextmanager
+def timed_generation_steps() -> Iterator[list[tuple[int, float]]]:
+    """(rows, seconds) of every `GenerationBatch.next` of mlx-lm while inside."""
+    from mlx_lm.generate import GenerationBatch
+
+    seen: list[tuple[int, float]] = []
+    original = GenerationBatch.next
+
+    def next_(self: Any) -> Any:
+        rows, t = len(self.uids), time.perf_counter()
+        out = original(self)
+        seen.append((rows, time.perf_counter() - t))
+        return out
+
+    GenerationBatch.next = next_  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        GenerationBatch.next = original  # type: ignore[method-assign]
+
+
+def full_batch(seen: list[tuple[int, float]]) -> list[float]:
+    """The durations of the steps that ran the most rows (the batch at its level, not its ramp)."""
+    top = max((rows for rows, _ in seen), default=0)
+    return [dt for rows, dt in seen if rows == top]
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of each live thread of this process, by thread name."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        name = names.get(int(task.name), "other")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class EngineProfile:
+    """Timers wrapped around `serving.engine.mlx_engine` (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []  # one per engine step
+        self.lag: list[float] = []
+        self.callback: list[float] = []
+        self._scheduled: deque[float] = deque()
+        self._current: dict[str, float] | None = None
+        self._cpu0: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    def install(self) -> None:
+        from mlx_lm.generate import GenerationBatch
+
+        from serving.engine import mlx_engine
+
+        engine = mlx_engine.MLXEngine
+        step, on_token, deliver = engine._step, engine._on_token, engine._deliver
+        gen_next, put_all = GenerationBatch.next, mlx_engine._put_all
+
+        def step_(this: Any) -> None:
+            self._current = cur = {"rows": float(len(this._live))}
+            t = time.perf_counter()
+            step(this)
+            cur["step"] = time.perf_counter() - t
+            self.steps.append(cur)
+            self._current = None
+
+        def add(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def timed(*args: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return fn(*args)
+                finally:
+                    if self._current is not None:
+                        dt = time.perf_counter() - t
+                        self._current[key] = self._current.get(key, 0.0) + dt
+
+            return timed
+
+        def deliver_(this: Any, out: dict[Any, list[Any]]) -> None:
+            now = time.perf_counter()
+            self._scheduled.extend(now for _ in out)
+            add("deliver", deliver)(this, out)
+
+        def put_all_(items: list[Any]) -> None:
+            t = time.perf_counter()
+            if self._scheduled:
+                self.lag.append(t - self._scheduled.popleft())
+            put_all(items)
+            self.callback.append(time.perf_counter() - t)
+
+        engine._step = step_  # type: ignore[method-assign,assignment]
+        engine._on_token = add("per_token", on_token)  # type: ignore[method-assign]
+        engine._deliver = deliver_  # type: ignore[method-assign,assignment]
+        GenerationBatch.next = add("gen_step", gen_next)  # type: ignore[method-assign]
+        mlx_engine._put_all = put_all_
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps.clear()
+        self.lag.clear()
+        self.callback.clear()
+        self._cpu0 = thread_cpu_s()
+        self._t0 = time.perf_counter()
+
+    def report(self) -> dict[str, Any]:
+        """Medians (ms) over the steps that ran the most rows, thread CPU since the last reset."""
+        steps = list(self.steps)
+        top = max((s["rows"] for s in steps), default=0.0)
+        full = [s for s in steps if s["rows"] == top]
+        out: dict[str, Any] = {"steps": len(steps), "full_steps": len(full), "rows": top}
+        for key in ("step", "gen_step", "per_token", "deliver"):
+            out[f"{key}_ms"] = percentile([s.get(key, 0.0) * 1000 for s in full], 50)
+        out["loop_lag_ms"] = percentile([x * 1000 for x in self.lag], 50)
+        out["loop_lag_p95_ms"] = percentile([x * 1000 for x in self.lag], 95)
+        out["loop_callback_ms"] = percentile([x * 1000 for x in self.callback], 50)
+        cpu = thread_cpu_s()
+        out["wall_s"] = time.perf_counter() - self._t0
+        out["thread_cpu_s"] = {k: v - self._cpu0.get(k, 0.0) for k, v in cpu.items()}
+        return out
+
+    async def endpoint(self) -> dict[str, Any]:
+        """POST /bench/profile: the report, then a fresh start."""
+        out = self.report()
+        self.reset()
+        return out
+
+
+def main() -> None:
+    """Impetus's app on 127.0.0.1:--port, as `impetus serve` runs it, with the profile's route."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args().port
+    profile = EngineProfile()
+    profile.install()
+
+    import uvicorn
+
+    from pipelines.settings import get_settings
+    from serving.engine.manager import ModelManager, mlx_engine_factory
+    from serving.http.app import create_app
+    from serving.http.graceful import GracefulServer
+    from serving.services.rag import RagService
+
+    # The embedded vector store (Qdrant Edge, a native wheel) stays closed: the app starts as it
+    # does when another process holds the store; chat and completions do not touch it.
+    RagService.open = lambda self: False  # type: ignore[method-assign]
+    s = get_settings()
+    s = s.model_copy(update={"serve": s.serve.model_copy(update={"host": HOST, "port": port})})
+    manager = ModelManager.from_settings(s, mlx_engine_factory(s))
+    app = create_app(s, manager=manager, preload_default=True)
+    app.add_api_route("/bench/profile", profile.endpoint, methods=["POST"])
+    config = uvicorn.Config(app, host=HOST, port=port, log_config=None, timeout_graceful_shutdown=5)
+    GracefulServer(config, shutdown=app.state.shutdown).run()
+
+
+if __name__ == "__main__":
+    main()

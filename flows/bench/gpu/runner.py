@@ -1,0 +1,474 @@
+"""The serving bench on the GPU machine: writes OUT/results.json, after every cell.
+
+    python3 -m flows.bench.gpu.runner OUT --smollm2 DIR [--models M,..] [--levels 1,4,16,64]
+        [--extra-levels 128] [--max-tokens 128] [--deadline-s S] [--tiny]
+
+For each model (models.py: SmolLM2-135M, a 1B-shaped Llama in bf16 and 4-bit), on the same folder:
+1. a bare `BatchGenerator` loop in this process (mlx-lm's own continuous batching, no server);
+2. the forward alone and the forward plus the generator's sampling, at 1/16/64 rows
+   (`--forward-levels`), with a KV cache as long as a request's mid-point (as
+   ../shared/gpu/batch_scaling.py measured it);
+3. Impetus through HTTP on 127.0.0.1 (profile.py: the real app and engine, with step timers);
+4. `mlx_lm.server` through HTTP, its decode concurrency set to the top level.
+Every level is one burst of that many streams (flows/bench/load.py, the chat prompts of the CPU
+serving bench, greedy, `--max-tokens` each), run `--rounds` times after one unmeasured warm-up
+round and pooled. `--extra-levels` run only for the bare loop and Impetus (mlx_lm.server at 128
+is past what it is set up for). A cell that would start after `--deadline-s` is skipped and named
+in the JSON, so a command cut short by its time limit still brings back the cells it finished.
+
+Per cell: aggregate tok/s (all tokens over the burst's wall time), per-stream decode tok/s (first
+to last token of each stream), TTFT and inter-token p50/p95 (gaps between streamed pieces; one
+piece is one token except where a detokenizer holds bytes back), failed requests, and the share
+of the memory-bandwidth limit: steps per second × bytes read per step (weights + every stream's
+KV cache at the mid-point of its answer, models.StepBytes) ÷ `--bandwidth` (4.8 TB/s, the H200's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flows.bench.gpu.models import ModelSpec, StepBytes, make_folder, specs, step_bytes
+from flows.bench.gpu.profile import full_batch, timed_generation_steps
+from flows.bench.load import burst, stream_request
+from flows.bench.prompts import prompts
+from flows.bench.results import percentile
+from flows.bench.server import HOST, Server, free_port, launch
+
+START_TIMEOUT_S = 300.0
+REQUEST_TIMEOUT_S = 180.0
+
+
+class Run:
+    """The run's settings, its clock, and the JSON it keeps writing."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+        # Of the model being measured: what one step reads, a stream's mean KV length.
+        self.step_bytes: StepBytes | None = None
+        self.context = 0.0
+        self.results: dict[str, Any] = {
+            "config": {k: v for k, v in vars(args).items() if k != "out"},
+            "machine": machine(),
+            "models": {},
+            "cells": [],
+            "skipped": [],
+            "errors": [],
+        }
+        self.save()
+
+    def time_left(self) -> bool:
+        return time.monotonic() - self.started < self.args.deadline_s
+
+    def save(self) -> None:
+        self.results["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        tmp = self.out / "results.json.tmp"
+        tmp.write_text(json.dumps(self.results, indent=1, default=str))
+        os.replace(tmp, self.out / "results.json")
+
+    def cell(
+        self, model: str, side: str, streams: int, measure: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Measure one cell unless past the deadline; record it (or its error) and save."""
+        key = f"{model}/{side}/{streams}"
+        if not self.time_left():
+            self.results["skipped"].append(key)
+            self.save()
+            return
+        print(f"[{time.monotonic() - self.started:6.1f} s] {key}", flush=True)
+        try:
+            cell = measure()
+        except Exception as exc:  # one cell failing is a result; the others still run
+            self.results["errors"].append(f"{key}: {type(exc).__name__}: {exc}"[:2000])
+        else:
+            if "tps" in cell and self.step_bytes is not None:
+                cell = with_bandwidth(
+                    cell, self.step_bytes, streams, self.context, self.args.bandwidth
+                )
+            self.results["cells"].append({"model": model, "side": side, "streams": streams, **cell})
+            print("   ", json.dumps({k: v for k, v in cell.items() if k != "profile"}), flush=True)
+        self.save()
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    import mlx.core as mx
+
+    gpu = ""
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    with suppress(OSError, subprocess.TimeoutExpired):
+        gpu = subprocess.run(query, capture_output=True, text=True, timeout=20).stdout.strip()
+    return {
+        "mlx": version("mlx"),
+        "mlx_lm": version("mlx-lm"),
+        "mlx_device": str(mx.default_device()),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+# -- a cell's figures ----------------------------------------------------------------------------
+
+
+def summarize(
+    streams: int,
+    wall_s: float,
+    tokens: list[int],
+    stamps: list[list[float]],
+    ttft_ms: list[float],
+    failed: int,
+) -> dict[str, Any]:
+    """A burst's figures from each stream's tokens and piece arrival times (pooled rounds:
+    `wall_s` summed, the lists concatenated)."""
+    gaps = [(b - a) * 1000 for s in stamps for a, b in itertools.pairwise(s)]
+    per_stream = [
+        (n - 1) / (s[-1] - s[0])
+        for n, s in zip(tokens, stamps, strict=True)
+        if n > 1 and len(s) > 1 and s[-1] > s[0]
+    ]
+    return {
+        "tokens": sum(tokens),
+        "wall_s": wall_s,
+        "tps": sum(tokens) / wall_s if wall_s > 0 else 0.0,
+        "stream_tps_p50": percentile(per_stream, 50),
+        "stream_tps_min": min(per_stream, default=float("nan")),
+        "ttft_p50_ms": percentile(ttft_ms, 50),
+        "ttft_p95_ms": percentile(ttft_ms, 95),
+        "itl_p50_ms": percentile(gaps, 50),
+        "itl_p95_ms": percentile(gaps, 95),
+        "failed": failed,
+        "requests": len(ttft_ms) + failed,
+    }
+
+
+def with_bandwidth(
+    cell: dict[str, Any], sb: StepBytes, streams: int, context: float, bw: float
+) -> dict[str, Any]:
+    """Add the bytes read per step and the share of `bw` that steps at this rate would read."""
+    per_step = sb.per_step(streams, context)
+    steps_per_s = cell["tps"] / streams
+    return {**cell, "bytes_per_step": per_step, "bw_fraction": steps_per_s * per_step / bw}
+
+
+def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one level → one cell (their raw lists concatenated)."""
+    raw = {k: [x for r in rounds for x in r[k]] for k in ("tokens", "stamps", "ttft_ms")}
+    streams = rounds[0]["streams"]
+    cell = summarize(
+        streams, sum(r["wall_s"] for r in rounds), raw["tokens"], raw["stamps"], raw["ttft_ms"],
+        sum(r["failed"] for r in rounds),
+    )  # fmt: skip
+    kinds: dict[str, int] = {}
+    for r in rounds:
+        for kind, n in r.get("error_kinds", {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    if kinds:
+        cell["error_kinds"] = kinds
+    cell["rounds"] = len(rounds)
+    cell["round_tps"] = [sum(r["tokens"]) / r["wall_s"] for r in rounds if r["wall_s"] > 0]
+    return cell
+
+
+# -- the bare loop and the forward ---------------------------------------------------------------
+
+
+def bare_round(model: Any, prompt_ids: list[list[int]], streams: int, n: int) -> dict[str, Any]:
+    """One burst through a fresh `BatchGenerator`, all prompts inserted at once, no stop tokens
+    (every stream makes `n` tokens), greedy."""
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(model, max_tokens=n, completion_batch_size=max(streams, 8))
+    started = time.perf_counter()
+    uids = gen.insert([list(prompt_ids[i % len(prompt_ids)]) for i in range(streams)])
+    stamps: dict[int, list[float]] = {u: [] for u in uids}
+    done = 0
+    while done < streams:
+        for r in gen.next_generated():
+            stamps[r.uid].append(time.perf_counter())
+            done += r.finish_reason is not None
+    wall = time.perf_counter() - started
+    gen.close()
+    ordered = [stamps[u] for u in uids]
+    return {
+        "streams": streams,
+        "wall_s": wall,
+        "tokens": [len(s) for s in ordered],
+        "stamps": ordered,
+        "ttft_ms": [(s[0] - started) * 1000 for s in ordered if s],
+        "failed": 0,
+    }
+
+
+def bare_level(
+    model: Any, prompt_ids: list[list[int]], streams: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    n = args.max_tokens
+    bare_round(model, prompt_ids, streams, n)  # warm-up
+    with timed_generation_steps() as seen:
+        rounds = [bare_round(model, prompt_ids, streams, n) for _ in range(args.rounds)]
+    cell = pooled(rounds)
+    cell["gen_step_ms"] = percentile([dt * 1000 for dt in full_batch(seen)], 50)
+    return cell
+
+
+def forward_ms(model: Any, rows: int, context: int, reps: int = 20) -> dict[str, float]:
+    """One decode step's forward alone, then with the generator's sampling (normalize the
+    logits, argmax), at `rows` sequences whose KV cache holds `context` tokens."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    x = mx.array([[100 + i % 1000 for i in range(context)]] * rows)
+    mx.eval(model(x, cache=cache))
+    y = mx.array([[1]] * rows)
+    mx.eval(model(y, cache=cache))
+
+    def timed(fn: Callable[[], Any]) -> float:
+        mx.eval(fn())
+        t = time.perf_counter()
+        for _ in range(reps):
+            mx.eval(fn())
+        return (time.perf_counter() - t) / reps * 1000
+
+    def sampled() -> Any:
+        logits = model(y, cache=cache)[:, -1, :]
+        return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
+
+    forward = timed(lambda: model(y, cache=cache))
+    return {"forward_ms": forward, "sampling_ms": timed(sampled) - forward}
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+async def http_round(server: Server, streams: int, n: int) -> dict[str, Any]:
+    """One burst of `streams` streamed chat requests (flows/bench/load.py), piece times kept."""
+    bodies = [{"messages": chat, "max_tokens": n, "temperature": 0.0} for chat in prompts(streams)]
+    stamps: dict[int, list[float]] = {id(b): [] for b in bodies}
+    tokens: dict[int, int] = {}
+
+    async def send(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, int]:
+        ttft, got = await stream_request(
+            client, server, "/v1/chat/completions", body, stamps[id(body)]
+        )
+        tokens[id(body)] = got
+        return ttft, got
+
+    result = await burst(server, [[b] for b in bodies], timeout_s=REQUEST_TIMEOUT_S, send=send)
+    ok = [id(b) for b in bodies if id(b) in tokens]
+    return {
+        "streams": streams,
+        "wall_s": result.wall_s,
+        "tokens": [tokens[k] for k in ok],
+        "stamps": [stamps[k] for k in ok],
+        "ttft_ms": result.ttft_ms,
+        "failed": result.errors,
+        "error_kinds": result.error_kinds,
+    }
+
+
+def http_level(
+    server: Server, streams: int, args: argparse.Namespace, profile: bool
+) -> dict[str, Any]:
+    asyncio.run(http_round(server, streams, args.max_tokens))  # warm-up
+    rounds = []
+    report = None
+    for i in range(args.rounds):
+        last = i == args.rounds - 1
+        if profile and last:
+            httpx.post(server.url + "/bench/profile", timeout=30).raise_for_status()
+        rounds.append(asyncio.run(http_round(server, streams, args.max_tokens)))
+        if profile and last:
+            report = httpx.post(server.url + "/bench/profile", timeout=30).json()
+    cell = pooled(rounds)
+    if report is not None:
+        cell["profile"] = report
+    return cell
+
+
+def impetus_server(run: Run, name: str, top: int) -> AbstractContextManager[Server]:
+    """The real app and engine (profile.py) on this model, batching up to `top` streams."""
+    from flows.bench.server import bench_env
+    from pipelines.settings import get_settings
+
+    port = free_port()
+    env = bench_env(
+        get_settings(),
+        IMPETUS_MODELS__LLM=name,
+        IMPETUS_SERVE__MAX_BATCH_SIZE=str(top),
+        IMPETUS_SERVE__QUEUE_LIMIT=str(2 * top),
+    )
+    argv = [sys.executable, "-m", "flows.bench.gpu.profile", "--port", str(port)]
+    return launch(
+        f"impetus-{name}", argv, env, port=port, model=name, log_dir=run.out, timeout_s=START_TIMEOUT_S,
+        grace_s=20,
+    )  # fmt: skip
+
+
+def mlx_lm_server(run: Run, name: str, folder: Path, top: int) -> AbstractContextManager[Server]:
+    from flows.bench.server import bench_env
+    from pipelines.settings import get_settings
+
+    port = free_port()
+    argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(folder), "--host", HOST]
+    argv += ["--port", str(port), "--log-level", "WARNING", "--decode-concurrency", str(top)]
+    return launch(
+        f"mlx-lm-{name}", argv, bench_env(get_settings()), port=port, model="default_model",
+        log_dir=run.out, live_path="/health", ready_path="/health", timeout_s=START_TIMEOUT_S,
+        grace_s=20,
+    )  # fmt: skip
+
+
+def register(name: str, folder: Path) -> None:
+    """Put `folder` in the model registry of this run's data_dir (what `impetus serve` loads)."""
+    from pipelines.models.store import ModelStore
+    from pipelines.settings import get_settings
+
+    store = ModelStore(get_settings().models_dir)
+    store._register(name, kind="llm", fmt="mlx", source=f"bench:{folder}", path=folder)
+
+
+# -- one model -----------------------------------------------------------------------------------
+
+
+def chat_ids(tokenizer: Any, chat: list[dict[str, str]]) -> list[int]:
+    ids: Any = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+    if not isinstance(ids, list):  # a BatchEncoding in some transformers versions
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def bench_model(run: Run, spec: ModelSpec) -> None:
+    """Every side and level on one model's folder."""
+    import mlx.core as mx
+
+    args = run.args
+    folder = make_folder(spec, Path(args.smollm2), Path(args.work) / "models")
+    levels = args.levels + args.extra_levels
+    if "bare" in args.sides:
+        in_process(run, spec.name, folder, levels)
+    else:  # the model's figures still come from loading it once
+        in_process(run, spec.name, folder, [])
+    mx.clear_cache()  # the model is freed: the servers have the GPU to themselves
+    register(spec.name, folder)
+    sides = {
+        "impetus": (lambda: impetus_server(run, spec.name, max(levels)), levels),
+        "mlx_lm": (lambda: mlx_lm_server(run, spec.name, folder, max(args.levels)), args.levels),
+    }
+    for side, (start, side_levels) in sides.items():
+        if side in args.sides and run.time_left():
+            over_http(run, spec.name, side, start, side_levels)
+
+
+def in_process(run: Run, name: str, folder: Path, levels: list[int]) -> None:
+    """Load the model here: its step's bytes, then the bare loop and the forward's cells."""
+    from pipelines.models.loading import load_llm
+
+    args = run.args
+    model, tokenizer = load_llm(folder)
+    prompt_ids = [chat_ids(tokenizer, c) for c in prompts(16)]
+    config = json.loads((folder / "config.json").read_text())
+    sb = step_bytes(model, config)
+    mean_prompt = sum(map(len, prompt_ids)) / len(prompt_ids)
+    run.context = mean_prompt + args.max_tokens / 2  # a stream's KV length mid-answer
+    run.step_bytes = sb
+    run.results["models"][name] = {
+        "folder": str(folder),
+        "real_weights": folder == Path(args.smollm2),
+        "weight_bytes": sb.weight_bytes,
+        "kv_bytes_per_token": sb.kv_bytes_per_token,
+        "prompt_tokens_mean": mean_prompt,
+        "context_mid": run.context,
+        "config": {k: v for k, v in config.items() if not isinstance(v, dict)},
+    }
+    run.save()
+    for b in levels:
+        run.cell(name, "bare", b, partial(bare_level, model, prompt_ids, b, args))
+    if levels:
+        for b in args.forward_levels:
+            run.cell(name, "forward", b, partial(forward_ms, model, b, int(run.context)))
+
+
+def over_http(
+    run: Run,
+    name: str,
+    side: str,
+    start: Callable[[], AbstractContextManager[Server]],
+    levels: list[int],
+) -> None:
+    """One server on the model, every level through HTTP; a server that fails is a result."""
+    try:
+        with start() as server:
+            run.results["models"][name][f"{side}_ready_s"] = server.ready_s
+            for b in levels:
+                measure = partial(http_level, server, b, run.args, side == "impetus")
+                run.cell(name, side, b, measure)
+    except Exception as exc:
+        run.results["errors"].append(f"{name}/{side}: {type(exc).__name__}: {exc}"[:3000])
+        run.save()
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
+    p = argparse.ArgumentParser(prog="python -m flows.bench.gpu.runner")
+    p.add_argument("out", help="folder for results.json and the servers' logs")
+    p.add_argument("--smollm2", required=True, help="SmolLM2's folder (its tokenizer at least)")
+    p.add_argument("--work", default="/tmp/impetus-gpu-bench", help="models made, data_dir")
+    p.add_argument("--models", default="", help="comma-separated (default: all three)")
+    p.add_argument("--sides", default="bare,impetus,mlx_lm")
+    p.add_argument("--levels", type=ints, default=[1, 4, 16, 64])
+    p.add_argument("--extra-levels", type=ints, default=[])
+    p.add_argument("--forward-levels", type=ints, default=[1, 16, 64], help="forward timed alone")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--deadline-s", type=float, default=480.0)
+    p.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s")
+    p.add_argument("--tiny", action="store_true", help="a few-MB Llama instead of the 1B one")
+    args = p.parse_args(argv)
+    args.sides = args.sides.split(",")
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse(argv)
+    # The servers' data_dir: the registry of the bench's models, their state.
+    os.environ.setdefault("IMPETUS_DATA_DIR", str(Path(args.work) / "data"))
+    run = Run(args)
+    known = specs(args.tiny)
+    names = args.models.split(",") if args.models else list(known)
+    for name in names:
+        if not run.time_left():
+            run.results["skipped"].append(name)
+            continue
+        try:
+            bench_model(run, known[name])
+        except Exception as exc:
+            run.results["errors"].append(f"{name}: {type(exc).__name__}: {exc}"[:3000])
+        run.save()
+    print(json.dumps({k: run.results[k] for k in ("skipped", "errors", "elapsed_s")}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,82 @@
+"""The GPU serving bench: its runner on this CPU (a few-MB Llama, one stream, four tokens), then
+`impetus bench serving --device gpu` logging what it wrote as an MLflow run; and the merging of
+results files that the device's per-command time limit splits by model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.settings import PROJECT_ROOT
+from tests.flows.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_runner_results_log_as_an_mlflow_run(
+    tmp_path: Path, ready_models_dir: Path, prefect_harness: None
+) -> None:
+    out = tmp_path / "out"
+    runner = ["flows.bench.gpu.runner", str(out), "--tiny", "--models", "tiny-bf16"]
+    runner += ["--smollm2", str(ready_models_dir / "smollm2-135m-instruct")]
+    runner += ["--work", str(tmp_path / "work"), "--sides", "bare,impetus", "--levels", "1"]
+    runner += ["--forward-levels", "1", "--max-tokens", "4", "--rounds", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", *runner],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "IMPETUS_DATA_DIR": str(tmp_path / "work" / "data")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["errors"] == [] and results["skipped"] == []
+    sides = {(c["side"], c["streams"]) for c in results["cells"]}
+    assert sides == {("bare", 1), ("forward", 1), ("impetus", 1)}
+    impetus = next(c for c in results["cells"] if c["side"] == "impetus")
+    assert impetus["tokens"] == 4 and impetus["failed"] == 0 and impetus["bw_fraction"] > 0
+    assert impetus["profile"]["rows"] == 1 and impetus["profile"]["step_ms"] > 0
+
+    state = tmp_path / "state"
+    state.mkdir()
+    logged = run_cli(
+        ["bench", "serving", "--device", "gpu", "--results", str(out / "results.json"), "--json"],
+        state,
+    )
+    assert logged.returncode == 0, logged.stderr[-4000:]
+    result = json.loads(logged.stdout[logged.stdout.index("{") :])
+    assert "| impetus | 1 |" in result["table"] and "| bare | 1 |" in result["table"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{state / 'mlflow.db'}")
+    run = mlflow.get_run(result["run_id"])
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("serving-bench").experiment_id
+    m = run.data.metrics
+    assert m["tiny-bf16_impetus_c1_tps"] == pytest.approx(impetus["tps"])
+    assert m["tiny-bf16_impetus_c1_prof_step_ms"] > 0 and m["tiny-bf16_forward_c1_forward_ms"] > 0
+
+
+def test_results_files_merge_by_model(tmp_path: Path) -> None:
+    from flows.bench.serving_gpu import ResultsError, read_results
+
+    def write(name: str, model: str) -> Path:
+        cell: dict[str, Any] = {"model": model, "side": "bare", "streams": 1, "tps": 1.0}
+        data = {"machine": {"gpu": name}, "config": {}, "models": {model: {}}, "cells": [cell]}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**data, "skipped": [], "errors": []}))
+        return path
+
+    a, b, again = write("a", "llama1b-bf16"), write("b", "llama1b-q4"), write("c", "llama1b-q4")
+    merged = read_results.fn([a, b])
+    assert set(merged["models"]) == {"llama1b-bf16", "llama1b-q4"}
+    assert len(merged["cells"]) == 2 and merged["machine"] == {"gpu": "a"}
+    with pytest.raises(ResultsError, match="llama1b-q4 measured in two files"):
+        read_results.fn([a, b, again])

@@ -1,0 +1,198 @@
+"""The prefix cache's tiers (serving/engine/prefix_store.py): caps, the disk format, restarts.
+
+Most tests drive a `PrefixStore` with real mlx-lm `KVCache` layers of random values (a turn is
+an insert of a longer token sequence), so that many turns take milliseconds; one test runs the
+real engine on the bundled SmolLM2 across a restart. Turn-over-turn reuse through the HTTP APIs
+is tests/serving/http/test_prefix_cache_sdk.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mlx_lm")
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache
+
+from serving.engine.base import GenerationRequest, SamplingParams
+from serving.engine.prefix_store import DiskTier, PrefixStore, token_key
+
+LAYERS, HEADS, DIM = 2, 2, 16
+PER_TOKEN = LAYERS * 2 * HEADS * DIM * 4  # bytes of float32 KV per token
+
+
+def kv(n: int, dtype: Any = mx.float32, seed: int = 0) -> list[KVCache]:
+    """A cache of `n` tokens, as the engine hands one over (evaluated, exactly `n` long)."""
+    mx.random.seed(seed)
+    cache = []
+    for _ in range(LAYERS):
+        c = KVCache()
+        c.keys = mx.random.normal((1, HEADS, n, DIM)).astype(dtype)
+        c.values = mx.random.normal((1, HEADS, n, DIM)).astype(dtype)
+        c.offset = n
+        mx.eval(c.keys, c.values)
+        cache.append(c)
+    return cache
+
+
+def disk(folder: Path, cap: int, **kw: Any) -> DiskTier:
+    return DiskTier(folder, cap, model="m", weights="w", **kw)
+
+
+def folder_bytes(folder: Path) -> int:
+    """The folder's size now (the writer may remove a file while it is listed)."""
+    total = 0
+    for f in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += f.stat().st_size
+    return total
+
+
+def test_a_restart_serves_a_longer_prompt_from_disk(tmp_path: Path) -> None:
+    for dtype in (mx.float32, mx.bfloat16):
+        folder = tmp_path / str(dtype)
+        tokens = list(range(100, 300))
+        cache = kv(len(tokens), dtype)
+        store = PrefixStore("m", 64 << 20, disk(folder, 64 << 20))
+        store.insert(tokens, cache)
+        store.close()
+
+        again = PrefixStore("m", 64 << 20, disk(folder, 64 << 20))
+        got, rest = again.fetch([*tokens[:150], 7, 8, 9])
+        assert rest == [7, 8, 9] and got is not None
+        for mine, theirs in zip(got, cache, strict=True):
+            assert mine.offset == 150 and mine.keys.dtype == dtype
+            k, v = mine.state[0][..., :150, :], mine.state[1][..., :150, :]
+            assert mx.array_equal(k, theirs.keys[..., :150, :]).item()
+            assert mx.array_equal(v, theirs.values[..., :150, :]).item()
+        s = again.stats()
+        assert (s.disk_hits, s.memory_hits, s.misses) == (1, 0, 0)
+        got, rest = again.fetch([*tokens, 5])  # now in memory
+        assert rest == [5] and again.stats().memory_hits == 1
+        again.close()
+
+
+def test_caps_hold_over_many_turns(tmp_path: Path) -> None:
+    """A conversation of 60 turns, each 20 tokens longer, with other conversations between: the
+    memory tier and the disk folder stay within their caps at every turn, and a conversation's
+    earlier turns on disk give way to its latest."""
+    mem_cap, disk_cap = 60 * PER_TOKEN * 10, 40 * PER_TOKEN * 10
+    folder = tmp_path / "pc"
+    store = PrefixStore("m", mem_cap, disk(folder, disk_cap))
+    system = list(range(1000, 1100))
+    conversation = list(system)
+    for turn in range(60):
+        conversation += [turn] * 20
+        store.insert(list(conversation), kv(len(conversation), seed=turn))
+        other = [*system, 9000 + turn, *range(50)]
+        store.insert(other, kv(len(other), seed=turn))
+        store.want_checkpoint(system)
+        s = store.stats()
+        assert s.memory_bytes <= mem_cap and s.disk_bytes <= disk_cap
+        assert folder_bytes(folder) <= disk_cap
+    store.close()
+    entries = disk(folder, disk_cap).entries()
+    assert entries and sum(e.nbytes for e in entries) == folder_bytes(folder) <= disk_cap
+    whole = [e for e in entries if not e.checkpoint and len(e.tokens) > len(system) + 50]
+    assert len(whole) <= 1  # one file per conversation: its latest turn that fit
+    assert any(e.checkpoint and len(e.tokens) == len(system) for e in entries)
+
+
+def test_corrupt_foreign_and_half_written_files_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "pc"
+    tokens = list(range(200))
+    store = PrefixStore("m", 0, disk(folder, 64 << 20))
+    store.insert(tokens, kv(len(tokens)))
+    store.close()
+    (path,) = folder.iterdir()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # the header intact, the arrays cut short
+    (folder / "junk.safetensors").write_bytes(b"\x00" * 64)
+    (folder / f"{token_key([1, 2])}.safetensors").write_bytes(whole)  # a name that lies
+    (folder / f".{path.name}.tmp").write_bytes(whole[:100])  # a write killed midway
+    other = DiskTier(folder, 64 << 20, model="other", weights="w")  # another model's folder
+    assert other.entries() == []
+    other.close()
+
+    with caplog.at_level(logging.WARNING, logger="serving.engine.prefix_store"):
+        again = PrefixStore("m", 0, disk(folder, 64 << 20))
+        cache, rest = again.fetch([*tokens, 1])
+    assert cache is None and rest == [*tokens, 1]
+    assert again.stats().misses == 1 and again.disk is not None and again.disk.entries() == []
+    assert not (folder / f".{path.name}.tmp").exists() and not path.exists()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "junk.safetensors" in warned and "does not match" in warned and path.name in warned
+    again.close()
+
+
+# -- the real engine across a restart ------------------------------------------------------------
+
+MODEL = "smollm2-135m-instruct"
+AGENT = "You are a careful coding agent. Read files before you change them. " * 6
+CHAT = [
+    {"role": "system", "content": AGENT},
+    {"role": "user", "content": "Which file holds the engine?"},
+]
+
+
+@pytest.fixture(scope="module")
+def model_path(ready_models_dir: Path) -> Path:
+    from pipelines.models.store import ModelStore
+
+    return ModelStore(ready_models_dir).resolve(MODEL)
+
+
+def answer(model_path: Path, folder: Path, messages: Any) -> tuple[str, int, Any]:
+    """One greedy answer from a freshly loaded engine (then closed): text, cached tokens, stats."""
+    from serving.engine.mlx_engine import MLXEngine
+
+    eng = MLXEngine.load(
+        model_path, MODEL, prefix_cache_dir=folder, prefix_cache_disk_bytes=256 << 20
+    )
+
+    async def run() -> tuple[str, int]:
+        req = GenerationRequest(
+            "r", messages=messages, params=SamplingParams(temperature=0.0, max_tokens=12)
+        )
+        text, cached = "", -1
+        async for d in eng.generate(req):
+            text += d.text
+            if d.finish_reason is not None:
+                cached = d.cached_tokens
+        return text, cached
+
+    try:
+        text, cached = asyncio.run(run())
+        return text, cached, eng.stats()
+    finally:
+        asyncio.run(eng.close())
+
+
+@pytest.mark.slow
+def test_after_a_restart_the_disk_tier_gives_the_cold_answer(
+    model_path: Path, tmp_path: Path
+) -> None:
+    cold, cached, stats = answer(model_path, tmp_path, CHAT)
+    assert cached == 0 and stats.prefix_cache_disk_limit_bytes == 256 << 20
+    (folder,) = tmp_path.glob("*/*")  # <model>/<weights fingerprint>
+    files = DiskTier(folder, 256 << 20, model=MODEL, weights=folder.name)
+    (checkpoint,) = [e for e in files.entries() if e.checkpoint]  # the agent prompt, alone
+    (whole,) = [e for e in files.entries() if not e.checkpoint]
+    files.close()
+    assert len(AGENT) // 8 < len(checkpoint.tokens) < len(whole.tokens) - 8
+    assert np.array_equal(whole.tokens[: len(checkpoint.tokens)], checkpoint.tokens)
+
+    warm, cached, stats = answer(model_path, tmp_path, CHAT)
+    assert stats.prefix_cache_disk_hits == 1 and stats.prefix_cache_memory_hits == 0
+    assert cached == stats.prompt_tokens_total - 1  # all but the token that starts the answer
+    assert warm == cold
