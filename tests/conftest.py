@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,16 +39,61 @@ def ready_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# A parameter id "ray" in a test's node id: [ray], [ray-dense], [on-ray].
+RAY_PARAM = re.compile(r"\[(?:[^\]]*-)?ray(?:-[^\]]*)?\]$")
+
+
+def on_ray(nodeid: str) -> bool:
+    """Whether a test talks to a Ray cluster: the "ray" server mode, or tests/serving/ray/."""
+    return "tests/serving/ray/" in nodeid or RAY_PARAM.search(nodeid) is not None
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under pytest-xdist (`--dist loadgroup`), every test that talks to a Ray cluster runs on one
     worker: the session's Ray server (tests/serving/ray_server.py) then starts once, and two Ray
-    clusters never compete for this machine's cores. The test that turns that server's keys on
-    runs last."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        on_ray = callspec is not None and callspec.params.get("server") == "ray"
-        if on_ray or "tests/serving/ray/" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-    # test_ray_auth creates keys on the session's Ray server, which turns its auth on: last.
-    last = [i for i in items if "tests/serving/ray/test_ray_auth.py" in i.nodeid]
-    items[:] = [i for i in items if i not in last] + last
+    clusters never compete for this machine's cores. xdist's own `xdist_group` marker does not
+    group under pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads: every
+    worker started its own Ray server), so the scheduler groups by node id itself."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class RayGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if on_ray(nodeid) else super()._split_scope(nodeid)
+
+    return RayGroupScheduling(config, log)
+
+
+def uses_session_ray(item: pytest.Item) -> bool:
+    """Whether a test uses the session's Ray server (tests/serving/ray_server.py): the "ray"
+    value of a server-mode parameter, or the `ray_server` fixture itself."""
+    callspec = getattr(item, "callspec", None)
+    by_param = callspec is not None and "ray" in callspec.params.values()
+    return by_param or "ray_server" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests of the session's Ray server go after the others, test_ray_auth last of them (it
+    creates keys there, which turns that server's auth on); the Ray tests that start clusters of
+    their own (tests/serving/ray/) come after that, when the session's server can be stopped."""
+    session = [i for i in items if uses_session_ray(i)]
+    auth = [i for i in session if "tests/serving/ray/test_ray_auth.py" in i.nodeid]
+    session = [i for i in session if i not in auth] + auth
+    own = [i for i in items if "tests/serving/ray/" in i.nodeid and not uses_session_ray(i)]
+    grouped = set(session) | set(own)
+    items[:] = [i for i in items if i not in grouped] + session + own
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Under the Ray group's scheduler, a worker runs its session-Ray tests as one block: after
+    the last of them (and the module fixtures it ends), stop that server, so that its cluster
+    does not idle beside the rest of the session (one Ray cluster costs a share of a core)."""
+    result = yield
+    grouped = os.environ.get("PYTEST_XDIST_WORKER") and item.config.getoption("loadgroup", False)
+    if grouped and uses_session_ray(item) and (nextitem is None or not uses_session_ray(nextitem)):
+        from tests.serving.ray_server import stop_ray_server
+
+        stop_ray_server()
+    return result

@@ -94,6 +94,18 @@ def server_process(argv: list[str], env: dict[str, str], port: int, log: Path) -
         return
 
 
+# The session's Ray server while it runs (an ExitStack that stops it): the last test of a worker's
+# Ray block stops it early (tests/conftest.py), so its cluster does not idle on the machine's two
+# cores for the rest of the session.
+RUNNING: list[ExitStack] = []
+
+
+def stop_ray_server() -> None:
+    """Stop the session's Ray server now, if this process started one (idempotent)."""
+    while RUNNING:
+        RUNNING.pop().close()
+
+
 @pytest.fixture(scope="session")
 def ray_server(
     tmp_path_factory: pytest.TempPathFactory, ready_models_dir: Path
@@ -113,7 +125,9 @@ def ray_server(
     argv += ["--host", "127.0.0.1", "--port", str(port), "--serve-config", str(config)]
     url = f"http://127.0.0.1:{port}"
     settings = load_settings()
-    with server_process(argv, env, port, tmp / "server.log"):
+    with ExitStack() as stack:
+        stack.enter_context(server_process(argv, env, port, tmp / "server.log"))
+        RUNNING.append(stack)  # stop_ray_server() may end it before the session does
         yield RunningServer(
             mode="ray",
             base_url=url,
@@ -128,4 +142,10 @@ def ray_server(
 @contextmanager
 def start_ray(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """The "ray" server mode of conftest.SERVER_STARTERS: the session's Ray server."""
-    yield request.getfixturevalue("ray_server")
+    server = request.getfixturevalue("ray_server")
+    if not RUNNING:
+        pytest.fail(
+            "the session's Ray server was stopped after this worker's block of Ray tests "
+            "(tests/conftest.py); a Ray-mode test outside that block needs an id with 'ray'"
+        )
+    yield server
