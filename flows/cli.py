@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands import bench, ingest, keys, launch, models, rag, serve, ui, up
+from flows.commands import bench, doctor, ingest, keys, launch, models, rag, serve, ui, up
 from flows.console import set_verbose
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("hardware")(models.hardware)
 app.command("ingest")(ingest.ingest)
 app.command("reindex")(ingest.reindex)
 app.command("lineage")(ingest.lineage)
+app.command("doctor")(doctor.doctor)
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
 app.command("ui")(ui.ui)

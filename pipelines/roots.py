@@ -65,16 +65,21 @@ class IndexRoots:
 
     def allowed(self, raw: str) -> Path:
         """`raw` resolved, if it lies in a root and exists; relative paths are taken from the
-        checkout's root (as the settings' paths are)."""
+        checkout's root (as the settings' paths are), or else as `display` shows them
+        (`samples/guides`: what the dashboard's folder picker lists, GET /api/rag/roots)."""
         from pipelines.settings import PROJECT_ROOT
 
         if not raw or "\x00" in raw:
             raise PathNotAllowed()
         try:
             path = (PROJECT_ROOT / Path(raw).expanduser()).resolve()
+            root = self.root_of(path)
+            shown = Path(self.absolute(raw)) if root is None else None
+            if shown is not None and shown.is_absolute() and not Path(raw).is_absolute():
+                path = shown.resolve()
+                root = self.root_of(path)
         except (OSError, RuntimeError, ValueError):  # a symlink loop, an unnameable path
             raise PathNotAllowed() from None
-        root = self.root_of(path)
         if root is None:
             raise PathNotAllowed()
         if not path.exists():

@@ -83,6 +83,11 @@ class IngestSettings(_Section):
     # less orchestration; smaller ones report progress more often and hold fewer parsed documents
     # in memory. What gets indexed is the same for any size (not part of the pipeline version).
     batch_documents: int = Field(default=16, ge=1, le=4096)
+    # Free bytes the disk holding data_dir must keep: a batch that would start below it fails the
+    # run with a clear "disk full" error instead. The embedded store writes through memory maps,
+    # and a write into a full filesystem there kills the process (SIGBUS), so the check comes
+    # first (pipelines/diskspace.py). 0: no check.
+    min_free_bytes: int = Field(default=256 << 20, ge=0)
 
 
 class VectorStoreSettings(_Section):
@@ -108,7 +113,12 @@ class ServeSettings(_Section):
     queue_limit: int = Field(default=64, ge=1)
     max_batch_size: int = Field(default=16, ge=1)
     prefix_cache_bytes: int = Field(default=1 << 30, ge=0)
+    # The prefix cache's disk tier under data_dir/prefix-cache, per LLM: bytes; 0: off.
+    prefix_cache_disk_bytes: int = Field(default=0, ge=0)
     retry_after_s: float = Field(default=1.0, gt=0)
+    # Prompt-lookup speculative decoding of a sequence that runs alone (serving/engine/
+    # speculative.py); a request's `speculative: "off"` turns it off for that request.
+    speculative: Literal["auto", "off"] = "auto"
     # model residency
     memory_budget_bytes: int = Field(default=0, ge=0)  # 0: 70% of physical memory
     idle_ttl_s: float = Field(default=1800.0, ge=0)  # 0: never unload idle models
@@ -117,12 +127,24 @@ class ServeSettings(_Section):
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
     keepalive_s: float = Field(default=5.0, gt=0)
     embedding_batch_tokens: int = Field(default=8192, ge=1)
+    # /v1/embeddings refuses an input longer than this (characters) before tokenizing it; the
+    # model reads only its first max_seq_length tokens of any input anyway.
+    embedding_max_input_chars: int = Field(default=1 << 18, ge=1)
     # Host names the server answers besides loopback names and `host` (serving/http/security.py):
     # "impetus.lan", "*.example.com", or "*" (no check; behind a proxy that checks it).
     allowed_hosts: list[str] = []
     # Browser origins allowed to call the API (CORS), e.g. "http://localhost:5173"; the server's
     # own origin is always allowed. "*" allows every origin.
     cors_origins: list[str] = []
+    # The dashboard (serving/http/static.py, serving/http/live.py): the built app's folder (None:
+    # serving/dashboard/dist in the checkout), the WebSocket's snapshot interval and the messages
+    # a client may leave unread before it is dropped, and the UIs the dashboard links to (None:
+    # the Prefect UI `impetus ui prefect` runs on this data_dir, if any; no MLflow link).
+    dashboard_dir: Path | None = None
+    ws_interval_s: float = Field(default=1.0, gt=0, le=60)
+    ws_queue_size: int = Field(default=64, ge=1)
+    prefect_ui_url: str | None = None
+    mlflow_ui_url: str | None = None
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -283,6 +305,27 @@ class LogSettings(_Section):
     format: Literal["json", "console"] = "console"
 
 
+class TelemetrySettings(_Section):
+    """OpenTelemetry traces (pipelines/tracing.py, serving/tracing.py): off unless an endpoint is
+    set, so nothing leaves the machine unless configured."""
+
+    # An OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (spans go to its /v1/traces); None: off.
+    otlp_endpoint: str | None = None
+    # `service.name` of the spans.
+    service_name: str = Field(default="impetus", min_length=1)
+    # Share of traces kept (a client's sampled `traceparent` is followed either way).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"otlp_endpoint {value!r} must be an http:// or https:// URL")
+        return value.strip()
+
+
 class Settings(BaseSettings):
     """Every setting of Impetus; see configs/impetus.yaml for what each one means."""
 
@@ -306,6 +349,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     auth: AuthSettings = AuthSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @field_validator("data_dir")
     @classmethod

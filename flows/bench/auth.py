@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.bench.load import burst
+from flows.bench.load import burst, cheap_latencies_ms
 from flows.bench.results import BenchResult, Config
 
 if TYPE_CHECKING:
@@ -57,20 +56,6 @@ class AuthBenchConfig:
         return cls(cheap_requests=60, max_tokens=8, rounds=1, quick=True)
 
 
-def _latencies_ms(server: Server, n: int) -> list[float]:
-    """`n` GET /v1/models back to back on one connection; each one's latency in ms."""
-    out: list[float] = []
-    with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
-        client.get("/v1/models").raise_for_status()  # connection up, route warm
-        for _ in range(n):
-            started = time.perf_counter()
-            r = client.get("/v1/models")
-            out.append((time.perf_counter() - started) * 1000)
-            if r.status_code != 200:
-                raise RuntimeError(f"{server.name}: /v1/models answered {r.status_code}: {r.text}")
-    return out
-
-
 def _chat_tps(server: Server, cfg: AuthBenchConfig) -> float:
     body = {
         "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}],
@@ -88,13 +73,13 @@ def measure(servers: dict[str, Server], cfg: AuthBenchConfig) -> dict[str, dict[
     """Warm both up, then `rounds` rounds, each: the cheap route on both, chat on both."""
     warm = AuthBenchConfig(cheap_requests=5, streams=2, max_tokens=4)
     for s in servers.values():
-        _latencies_ms(s, warm.cheap_requests)
+        cheap_latencies_ms(s, warm.cheap_requests)
         _chat_tps(s, warm)
     out: dict[str, dict[str, list[float]]] = {n: {"ms": [], "tps": []} for n in servers}
     for r in range(cfg.rounds):
         order = SERVERS if r % 2 == 0 else SERVERS[::-1]
         for name in order:
-            out[name]["ms"] += _latencies_ms(servers[name], cfg.cheap_requests)
+            out[name]["ms"] += cheap_latencies_ms(servers[name], cfg.cheap_requests)
         for name in order:
             out[name]["tps"].append(_chat_tps(servers[name], cfg))
     return out

@@ -42,9 +42,15 @@ class Burst:
 
 
 async def stream_request(
-    client: httpx.AsyncClient, server: Server, path: str, body: dict[str, Any]
+    client: httpx.AsyncClient,
+    server: Server,
+    path: str,
+    body: dict[str, Any],
+    stamps: list[float] | None = None,
 ) -> tuple[float, int]:
-    """One streamed request: (TTFT in ms, completion tokens from the usage chunk)."""
+    """One streamed request: (TTFT in ms, completion tokens from the usage chunk); with `stamps`,
+    the `time.perf_counter()` at which each non-empty piece of text arrived is appended to it
+    (inter-token gaps)."""
     body = {**body, "model": server.model, "stream": True}
     body["stream_options"] = {"include_usage": True}
     started = time.perf_counter()
@@ -61,8 +67,13 @@ async def stream_request(
                 raise RuntimeError(f"{server.name} failed mid-stream: {chunk['error']}")
             for choice in chunk.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content") or choice.get("text")
-                if piece and ttft != ttft:  # first non-empty piece
-                    ttft = (time.perf_counter() - started) * 1000
+                if not piece:
+                    continue
+                now = time.perf_counter()
+                if ttft != ttft:  # first non-empty piece
+                    ttft = (now - started) * 1000
+                if stamps is not None:
+                    stamps.append(now)
             if chunk.get("usage"):
                 tokens = int(chunk["usage"]["completion_tokens"])
     return ttft, tokens
@@ -108,3 +119,18 @@ async def burst(
         await asyncio.gather(*(stream(i) for i in range(len(streams))))
         result.wall_s = time.perf_counter() - started
     return result
+
+
+def cheap_latencies_ms(server: Server, n: int) -> list[float]:
+    """`n` GET /v1/models back to back on one keep-alive connection; each one's latency in ms
+    (what a cheap request pays: the auth and tracing benches compare it between servers)."""
+    out: list[float] = []
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
+        client.get("/v1/models").raise_for_status()  # connection up, route warm
+        for _ in range(n):
+            started = time.perf_counter()
+            r = client.get("/v1/models")
+            out.append((time.perf_counter() - started) * 1000)
+            if r.status_code != 200:
+                raise RuntimeError(f"{server.name}: /v1/models answered {r.status_code}: {r.text}")
+    return out

@@ -64,6 +64,16 @@ class BenchResult:
         }
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of `values`, interpolated linearly; NaN for none."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
 def split_by_prefix(
     metrics: dict[str, float], keys: Iterable[str], params: dict[str, dict[str, Any]] | None = None
 ) -> list[Config]:

@@ -45,7 +45,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.bench.load import Burst, burst, stream_request
-from flows.bench.results import BenchResult, split_by_prefix
+from flows.bench.prompts import TOPICS, prompts
+from flows.bench.results import BenchResult, percentile, split_by_prefix
 from flows.bench.server import Server, bench_env, impetus_serve, mlx_lm_server
 
 if TYPE_CHECKING:
@@ -54,12 +55,6 @@ if TYPE_CHECKING:
 EXPERIMENT = "serving-bench"
 REQUEST_TIMEOUT_S = 300.0
 
-TOPICS = (
-    "a lighthouse keeper", "the first snow", "a lost key", "a robot gardener", "an old map",
-    "a night train", "a quiet library", "a stubborn goat", "the last bakery", "a paper boat",
-    "a mountain radio", "a clockmaker", "a desert well", "a city of bridges", "a shy dragon",
-    "a winter market",
-)  # fmt: skip
 QUESTIONS = (
     "What is the main topic of the text above?",
     "Which word appears most often in the text above?",
@@ -120,22 +115,6 @@ class LevelResult(Burst):
 
     def ttft(self, q: float) -> float:
         return percentile(self.ttft_ms, q)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def prompts(n: int) -> list[list[dict[str, str]]]:
-    return [
-        [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}]
-        for i in range(n)
-    ]
 
 
 async def _level(server: Server, concurrency: int, cfg: BenchConfig) -> Burst:

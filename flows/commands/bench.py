@@ -68,9 +68,40 @@ def bench_serving(
     ray: Annotated[
         bool, typer.Option("--ray", help="Also measure `impetus serve --ray` (slow to start).")
     ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="cpu: measure here. gpu: log --results files that flows/bench/gpu/runner.py "
+            "wrote on a GPU machine (flows/bench/gpu/stage.sh says how).",
+        ),
+    ] = "cpu",
+    results: Annotated[
+        list[Path] | None,
+        typer.Option("--results", help="With --device gpu: a results.json (repeatable)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Our engine and server vs mlx-lm's: decode tok/s, concurrency, prefix cache, start-up."""
+    from flows.console import fail
+
+    if device not in ("cpu", "gpu"):
+        raise fail(f"--device {device}: use cpu or gpu")
+    if device == "gpu":
+        missing = [p for p in results or [] if not p.is_file()]
+        if not results or missing:
+            raise fail(
+                f"--device gpu logs the runner's results.json ({', '.join(map(str, missing))} "
+                "not found)" if missing else "--device gpu needs --results FILE: run "
+                "flows/bench/gpu/runner.py on the GPU machine first (flows/bench/gpu/stage.sh)"
+            )  # fmt: skip
+        s = _prepare()
+        from flows.bench.serving_gpu import bench_serving_gpu
+
+        with domain_errors():
+            result = bench_serving_gpu(results)
+        report(s, result, as_json)
+        return
     s = _prepare()
     from flows.bench.serving import BenchConfig
     from flows.bench.serving import bench_serving as flow
@@ -142,6 +173,24 @@ def bench_structured(
     report(s, result, as_json)
 
 
+@app.command("speculative")
+def bench_speculative(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI-sized: 1 + 1 prompts, 12 tokens, 2 streams.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prompt-lookup speculative decoding on vs off: single-stream chat and RAG, 16 streams."""
+    s = _prepare()
+    from flows.bench.speculative import SpecBenchConfig
+    from flows.bench.speculative import bench_speculative as flow
+
+    cfg = SpecBenchConfig.quick_config() if quick else SpecBenchConfig()
+    with domain_errors():
+        result = flow(cfg)
+    report(s, result, as_json)
+
+
 @app.command("auth")
 def bench_auth(
     quick: Annotated[
@@ -155,6 +204,47 @@ def bench_auth(
     from flows.bench.auth import bench_auth as flow
 
     cfg = AuthBenchConfig.quick_config() if quick else AuthBenchConfig()
+    with domain_errors():
+        result = flow(cfg)
+    report(s, result, as_json)
+
+
+@app.command("ws")
+def bench_ws(
+    minutes: Annotated[
+        float, typer.Option(min=0.1, help="Minutes per phase (without, then with the clients).")
+    ] = 2.0,
+    clients: Annotated[int, typer.Option(min=1, help="WebSocket clients on /api/ws.")] = 50,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Alternating segments per phase (same machine load).")
+    ] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """The dashboard's /api/ws under load: 50 clients while 8 chat streams run, against the same
+    load without them (every client every snapshot, RSS within 5 %, chat tok/s within 5 %)."""
+    s = _prepare()
+    from flows.bench.ws import WsBenchConfig
+    from flows.bench.ws import bench_ws as flow
+
+    with domain_errors():
+        result = flow(WsBenchConfig(minutes=minutes, clients=clients, rounds=rounds))
+    report(s, result, as_json)
+
+
+@app.command("tracing")
+def bench_tracing(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI-sized: 40 cheap requests and 8 tokens, one round.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """What tracing costs: chat at 8 streams with OTLP export on vs off (≥ 0.98×), and the
+    /v1/models p50 it adds."""
+    s = _prepare()
+    from flows.bench.tracing import TracingBenchConfig
+    from flows.bench.tracing import bench_tracing as flow
+
+    cfg = TracingBenchConfig.quick_config() if quick else TracingBenchConfig()
     with domain_errors():
         result = flow(cfg)
     report(s, result, as_json)
@@ -175,6 +265,40 @@ def bench_apis(
     from flows.bench.apis import bench_apis as flow
 
     cfg = ApisBenchConfig.quick_config() if quick else ApisBenchConfig()
+    with domain_errors():
+        result = flow(cfg)
+    report(s, result, as_json)
+
+
+@app.command("agent-loop")
+def bench_agent_loop(
+    turns: Annotated[
+        int,
+        typer.Option(
+            "--turns",
+            min=2,
+            help="Turns of the conversation; past 20, a history window of 8 "
+            "exchanges keeps prompts inside the context (run 200 to check the caps).",
+        ),
+    ] = 20,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI-sized: 3 turns, a 1.5 KB system prompt.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """A coding agent's turns (a ~7 KB system prompt with tools, a new user message each turn):
+    TTFT of turns 2..N against the cold first (goal ≤ 0.2×), of the next turn after a restart,
+    from the disk tier (≤ 0.3×), and the prefix cache's memory and disk bytes against their caps."""
+    s = _prepare()
+    from flows.bench.agent_loop import AgentLoopConfig
+    from flows.bench.agent_loop import bench_agent_loop as flow
+
+    if quick:
+        cfg = AgentLoopConfig.quick_config()
+    elif turns > 20:
+        cfg = AgentLoopConfig.long_config(turns)
+    else:
+        cfg = AgentLoopConfig(turns=turns)
     with domain_errors():
         result = flow(cfg)
     report(s, result, as_json)
@@ -315,3 +439,48 @@ def bench_llm(
     with domain_errors():
         result = flow(cfg)
     report(s, result, as_json)
+
+
+@app.command("soak")
+def bench_soak(
+    minutes: Annotated[
+        float, typer.Option("--minutes", min=0.5, help="How long the load runs (warm-up included).")
+    ] = 30.0,
+    streams: Annotated[
+        int, typer.Option("--streams", min=1, help="Concurrent clients on the mixed load.")
+    ] = 50,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, help="Tokens per generation (CPU decode is slow).")
+    ] = 8,
+    corpus: Annotated[
+        Path | None,
+        typer.Option("--corpus", help="Documents for RAG calls (default: data/samples)."),
+    ] = None,
+    only: Annotated[
+        str,
+        typer.Option("--only", help="Comma-separated routes of the mix to keep (diagnosis)."),
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """A long mixed load on one server: errors by kind, latency per route, RSS, fds, threads,
+    prefix cache and queue over time, and verdicts (exit 1 when one fails)."""
+    from flows.console import fail
+
+    if corpus is not None and not corpus.is_dir():
+        raise fail(f"--corpus {corpus}: not a folder")
+    s = _prepare()
+    from flows.bench.soak import SoakConfig
+    from flows.bench.soak import bench_soak as flow
+    from flows.bench.soak_load import MIX
+
+    routes = tuple(r for r in only.replace(" ", "").split(",") if r)
+    if bad := [r for r in routes if r not in dict(MIX)]:
+        raise fail(f"--only {bad[0]}: not a route of the mix ({', '.join(dict(MIX))})")
+    cfg = SoakConfig(minutes, streams, max_tokens, corpus=str(corpus.resolve()) if corpus else "")
+    cfg.only = routes
+    with domain_errors():
+        result = flow(cfg)
+    report(s, result, as_json)
+    failed = [n[len("verdict failed: ") :] for n in result.notes if n.startswith("verdict failed")]
+    if failed:
+        raise fail("soak verdicts failed: " + "; ".join(failed))

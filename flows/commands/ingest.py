@@ -35,12 +35,36 @@ def _run(flow_name: str, **params: Any) -> dict[str, Any]:
         # Great Expectations logs every fluent-API registration at info.
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
     from flows.ingest.flow import IngestInputs, ingest_flow, reindex_flow
+    from flows.ingest.recovery import recover_crashed_runs
+    from pipelines.doctor import preflight
 
+    with domain_errors():
+        preflight(s)  # a corrupt or held lineage database: one clear line, before Prefect starts
+    recover_crashed_runs(s)
+    _quiet_domain_tracebacks()
     with domain_errors(), progress(flow_name) as update:
         inputs = IngestInputs.from_settings(s)
         inputs.progress = update
         flow = {"ingest": ingest_flow, "reindex": reindex_flow}[flow_name](inputs)
         return flow(**params)
+
+
+def _quiet_domain_tracebacks() -> None:
+    """Prefect logs a failed flow or task run with its traceback; for a domain error (a full
+    disk, a locked store) the message says it all, and `domain_errors` prints it once more."""
+    from pipelines.diskspace import is_disk_full
+    from pipelines.errors import ImpetusError
+
+    def strip(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, ImpetusError) or is_disk_full(error)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if strip not in logger.filters:
+            logger.addFilter(strip)
 
 
 def ingest(
@@ -86,8 +110,8 @@ def _store_owner(s: Settings) -> str | None:
     try:
         create_store(s).close()
         return None
-    except StoreLockedError:
-        pass
+    except StoreLockedError as e:
+        locked = str(e)
     url = f"http://{s.serve.host}:{s.serve.port}"
     try:
         status = httpx.get(f"{url}/v1/rag/status", timeout=5).json()
@@ -96,8 +120,8 @@ def _store_owner(s: Settings) -> str | None:
     store = (status or {}).get("store", {})
     if not store.get("owned") or store.get("fingerprint") != store_fingerprint(store_path(s)):
         raise fail(
-            f"the vector store at {store_path(s)} is open in another process and no server on "
-            f"{url} owns it; stop that process, or start `impetus serve` and run this again"
+            f"{locked}. No server on {url} owns it: stop that process, or start `impetus serve` "
+            "and run this again"
         )
     return url
 
@@ -166,12 +190,17 @@ def lineage(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Trace a point to its chunk, document version, pipeline version and flow run."""
+    """Trace a point to its chunk, document version, pipeline version and flow run.
+
+    `impetus lineage runs` lists the last runs instead: status (crashed ones with when and why)."""
     s = settings()
     from pipelines.lineage import Lineage
 
     if not (s.data_dir / "lineage.duckdb").is_file():
         raise fail(f"no lineage yet in {s.data_dir}; run `impetus ingest PATH` first")
+    if target == "runs" and not Path(target).exists():
+        _runs(s, as_json)
+        return
     with domain_errors(), Lineage.open(s, read_only=True) as lin:
         chains = lin.trace(target, collection)
     if as_json:
@@ -194,3 +223,29 @@ def lineage(
             + (f": {v['reason']}" if v["reason"] else "")
         )
         typer.echo(f"  pipeline {v['pipeline_version']}, run {r['run_id']} ({r['status']})")
+
+
+def _runs(s: Settings, as_json: bool, limit: int = 20) -> None:
+    """The last runs, newest first; runs a dead process left `running` are marked crashed first
+    (flows/ingest/recovery.py), so what this shows is true."""
+    from flows.ingest.recovery import mark_crashed_in_lineage
+    from pipelines.lineage import Lineage, LineageLocked
+
+    with domain_errors():
+        try:
+            mark_crashed_in_lineage(s)
+            lin = Lineage.open(s)
+        except LineageLocked:  # a live writer: read what it has committed
+            lin = Lineage.open(s, read_only=True)
+        with lin:
+            runs = lin.runs(limit=limit)
+    if as_json:
+        echo_json(runs)
+        return
+    for r in runs:
+        line = f"{r['run_id']}  {r['status']:<9}  {r['collection']}  started {r['started_at']}"
+        if r["status"] == "crashed":
+            line += f"; crashed {r.get('crashed_at')}: {r.get('error')}"
+        elif r["finished_at"]:
+            line += f", finished {r['finished_at']}"
+        typer.echo(line)

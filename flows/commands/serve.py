@@ -61,6 +61,20 @@ def _with_listen(s: Settings, host: str, port: int, insecure: bool) -> Settings:
     return s
 
 
+def dashboard_line(s: Settings, host: str, port: int) -> str:
+    """Where the dashboard is (serving/http/static.py), or how to build it when it is not."""
+    from serving.http.app import dashboard_dir
+    from serving.http.static import default_dist
+
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    url = f"http://{shown}:{port}/"
+    dist = dashboard_dir(s) or default_dist()
+    if (dist / "index.html").is_file():
+        return f"Dashboard: {url}"
+    return f"Dashboard: {url} (not built yet: run `make setup` to build it)"
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (serve.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (serve.port).")] = None,
@@ -97,6 +111,7 @@ def serve(
             entry = ModelStore(s.models_dir).get(model)
         if entry.kind != "llm":
             raise fail(f"{model!r} is an {entry.kind} model; --model takes an LLM.")
+    typer.secho(dashboard_line(s, host, port), err=True, bold=True)
     if ray:
         from serving.ray import launcher
 
@@ -116,13 +131,19 @@ def serve(
     from flows.ingest.runner import PrefectIndexRunner
     from serving.engine.manager import ModelManager, mlx_engine_factory
     from serving.http.app import create_app
+    from serving.http.graceful import GracefulServer
 
     manager = ModelManager.from_settings(s, mlx_engine_factory(s), default_model=model)
-    app = create_app(s, manager=manager, index_runner=PrefectIndexRunner(s), preload_default=True)
+    runner = PrefectIndexRunner(s)
+    app = create_app(s, manager=manager, index_runner=runner, preload_default=True)
+    # A second Ctrl-C exits at once: the Prefect server the runner started goes first.
+    app.state.shutdown.on_force(lambda: runner.stop_prefect_server(at_once=True))
     typer.secho(
         f"Impetus serving on http://{host}:{port}/v1 (default model {manager.default_model}; "
         f"ready when GET /api/health/ready answers 200)",
         err=True,
     )
     # log_config=None: uvicorn's loggers go through the structured handler `settings()` set up.
-    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+    # SIGINT/SIGTERM drain first (new requests 503, index runs cancelled), a second one exits.
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+    GracefulServer(config, shutdown=app.state.shutdown).run()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from pipelines import tracing
 from pipelines.errors import ImpetusError
 from pipelines.retrieve.bm25 import BM25Index, index_dir, prune_indexes
 from pipelines.retrieve.fusion import rrf
@@ -184,24 +185,31 @@ class Retriever:
         if mode not in MODES:
             raise RetrievalError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
         flt = check_filter(filter)
+        # Each step in a span (pipelines/tracing.py: nothing unless tracing is on).
         if mode == "sparse":
-            return self.sparse(collection, query, k, flt)
+            with tracing.span("sparse", {"impetus.k": k}):
+                return self.sparse(collection, query, k, flt)
         if vector is None:
             if self._embed is None:
                 raise RetrievalError("dense search needs an embedder or a query vector")
-            vector = self._embed(query)
+            with tracing.span("embed"):
+                vector = self._embed(query)
         if mode == "dense":
-            return self.dense(collection, vector, k, flt)
+            with tracing.span("dense", {"impetus.k": k}):
+                return self.dense(collection, vector, k, flt)
         n = max(k, s.candidates)
-        dense = self.dense(collection, vector, n, flt)
-        sparse = self.sparse(collection, query, n, flt)
-        by_id = {h.chunk_id: h for h in (*sparse, *dense)}
-        fused = rrf(
-            [[h.chunk_id for h in dense], [h.chunk_id for h in sparse]],
-            [s.dense_weight, s.sparse_weight],
-            k=s.rrf_k,
-        )
-        return [_rescored(by_id[cid], score) for cid, score in fused[:k]]
+        with tracing.span("dense", {"impetus.k": n}):
+            dense = self.dense(collection, vector, n, flt)
+        with tracing.span("sparse", {"impetus.k": n}):
+            sparse = self.sparse(collection, query, n, flt)
+        with tracing.span("fuse", {"impetus.k": k}):
+            by_id = {h.chunk_id: h for h in (*sparse, *dense)}
+            fused = rrf(
+                [[h.chunk_id for h in dense], [h.chunk_id for h in sparse]],
+                [s.dense_weight, s.sparse_weight],
+                k=s.rrf_k,
+            )
+            return [_rescored(by_id[cid], score) for cid, score in fused[:k]]
 
 
 def _rescored(hit: SearchHit, score: float) -> SearchHit:

@@ -76,6 +76,7 @@ class EdgeStore:
                         f"collection {name!r} does not exist in {self.root}; "
                         "ingest documents into it first (`impetus ingest PATH --collection ...`)"
                     )
+                _check_room(self.root)
                 shard = self._q.EdgeShard.load(str(self._dir(physical)))
                 self._shards[physical] = shard
             return shard
@@ -85,6 +86,7 @@ class EdgeStore:
         with self._mutex:
             created = False
             if not self._exists(name):
+                _check_room(self.root)
                 config = q.EdgeConfig(
                     vectors=q.EdgeVectorParams(
                         size=dim, distance=getattr(q.Distance, _DISTANCES[distance])
@@ -271,6 +273,24 @@ class EdgeStore:
         self.close()
 
 
+# Free bytes a shard needs to be created or loaded: loading maps a new appendable segment whose
+# 32 MiB vector file is written in full (measured: +43 MiB on a 36-point collection), and a write
+# into a mapped page of a full filesystem is a SIGBUS that kills the process, not an error.
+SHARD_ROOM_BYTES = 64 << 20
+
+
+def _check_room(root: Path) -> None:
+    from pipelines.diskspace import DiskFullError, free_bytes
+
+    free = free_bytes(root)
+    if free < SHARD_ROOM_BYTES:
+        raise DiskFullError(
+            f"the disk holding {root} is full ({free >> 20} MiB free; opening a collection of "
+            f"the embedded store needs about {SHARD_ROOM_BYTES >> 20} MiB). Free space there (or "
+            "move data_dir), then try again"
+        )
+
+
 def _as_list(vector: Any) -> list[float]:
     return np.asarray(vector, dtype=np.float32).ravel().tolist()
 
@@ -281,10 +301,13 @@ def _lock(path: Path) -> IO[str]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
+        from pipelines.locks import describe, lock_holder
+
         raise StoreLockedError(
-            f"the vector store at {path.parent} is open in another process (one writer per "
-            "embedded store): stop it, or send the work to it (POST /v1/rag/index), or set "
-            "vector_store.kind=qdrant with a server url"
+            f"the vector store at {path.parent} is open in {describe(lock_holder(path))} (one "
+            f"writer per embedded store; lock file {path.name}): stop it, or send the work to it "
+            "(POST /v1/rag/index), or set vector_store.kind=qdrant with a server url; "
+            "`impetus doctor` shows who holds what"
         ) from None
     return f
 

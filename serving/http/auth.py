@@ -26,13 +26,13 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import structlog
-from fastapi import Request
+from fastapi import Request, WebSocket
 from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -94,6 +94,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/models/unload"): ADMIN,
     ("POST", "/v1/rag/index"): ADMIN,
     ("GET", "/v1/rag/runs/{run_id}"): ADMIN,
+    ("POST", "/v1/rag/runs/{run_id}/cancel"): ADMIN,
     # uploads (serving/http/routes/files.py): adding and deleting is admin's, reading user's
     ("POST", "/v1/files"): ADMIN,
     ("GET", "/v1/files"): USE_READ,
@@ -109,7 +110,23 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/vector_stores/{vector_store_id}/files"): USE_READ,
     ("GET", "/v1/vector_stores/{vector_store_id}/files/{file_id}"): USE_READ,
     ("POST", "/v1/vector_stores/{vector_store_id}/search"): USE,
+    # the dashboard's own routes (serving/http/routes/dashboard.py)
+    ("GET", "/api/info"): READ,
+    ("GET", "/api/models"): READ,
+    ("GET", "/api/requests"): READ,
+    ("GET", "/api/experiments"): READ,
+    ("GET", "/api/keys"): ADMIN,
+    ("POST", "/api/keys"): ADMIN,
+    ("DELETE", "/api/keys/{ref}"): ADMIN,
+    ("GET", "/api/lineage/chunks/{chunk_id}"): USE_READ,
+    ("GET", "/api/rag/collections"): USE_READ,
+    ("GET", "/api/rag/collections/{name}/documents"): USE_READ,
+    ("GET", "/api/rag/runs"): ADMIN,
+    ("GET", "/api/rag/roots"): ADMIN,
 }
+# WebSocket routes (not in app_routes: they have no HTTP methods), checked by
+# `authorize_websocket` when the handshake arrives (serving/http/routes/events.py).
+WEBSOCKETS: dict[str, Access] = {"/api/ws": READ}
 DEFAULT_ACCESS = ADMIN  # a route nobody put in the table: closed to all but admins
 
 
@@ -164,7 +181,13 @@ def startup_problem(settings: Settings, host: str, keys_exist: bool) -> str | No
 
 @dataclass
 class RequestUsage:
+    """What the generation routes tell the request log (and the dashboard's request rows)."""
+
     tokens: int | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
 
 
 _usage: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
@@ -172,11 +195,29 @@ _usage: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
 )
 
 
-def add_tokens(n: int) -> None:
-    """Count `n` tokens (prompt and generated) against the current request's log line."""
+def add_tokens(
+    n: int,
+    *,
+    model: str | None = None,
+    prompt: int | None = None,
+    completion: int | None = None,
+    ttft_ms: float | None = None,
+) -> None:
+    """Count `n` tokens (prompt and generated) against the current request's log line; the
+    keywords (one finished sequence's model, token counts and time to first token) feed the
+    dashboard's request rows (GET /api/requests, `request.finished` events)."""
     usage = _usage.get()
-    if usage is not None:
-        usage.tokens = (usage.tokens or 0) + n
+    if usage is None:
+        return
+    usage.tokens = (usage.tokens or 0) + n
+    if model is not None:
+        usage.model = model
+    if prompt is not None:
+        usage.prompt_tokens = (usage.prompt_tokens or 0) + prompt
+    if completion is not None:
+        usage.completion_tokens = (usage.completion_tokens or 0) + completion
+    if ttft_ms is not None:
+        usage.ttft_ms = ttft_ms if usage.ttft_ms is None else min(usage.ttft_ms, ttft_ms)
 
 
 # -- the guard ------------------------------------------------------------------------------------
@@ -259,6 +300,9 @@ class Guard:
     settings: Settings
     store: KeyStore
     requests: RequestLog = field(init=False)
+    # Called (on the event loop) with each finished request's row, after its log line is queued:
+    # the dashboard's ring buffer and `request.finished` events (serving/http/live.py).
+    observers: list[Callable[[dict[str, Any]], None]] = field(default_factory=list, init=False)
     _keys_seen: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -423,6 +467,38 @@ async def authorize(request: Request) -> None:
         guard.check(request, access, route)
 
 
+# The WebSocket subprotocol of the dashboard's event stream, and the prefix of the one that
+# carries a browser's key (browsers cannot set headers on a WebSocket): see docs/api.md "Dashboard".
+WS_PROTOCOL = "impetus.v1"
+WS_BEARER = "bearer."
+
+
+def websocket_protocols(scope: Scope) -> list[str]:
+    """The subprotocols a WebSocket handshake offers (never logged: one may carry a key)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"sec-websocket-protocol":
+            return [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
+    return []
+
+
+async def authorize_websocket(websocket: WebSocket) -> Principal:
+    """`authorize` for a WebSocket handshake: the same key lookup, failed-auth limit, rate limit
+    and role check, with the key taken from `Authorization`/`x-api-key` or, for browsers, from a
+    `bearer.<key>` subprotocol. Raises `APIError` (the route closes the socket with its code)."""
+    guard: Guard = websocket.app.state.guard
+    route = getattr(websocket.scope.get("route"), "path", websocket.url.path)
+    access = WEBSOCKETS.get(route, DEFAULT_ACCESS)
+    headers = [(k, v) for k, v in websocket.scope["headers"] if k != b"sec-websocket-protocol"]
+    offered = [p for p in websocket_protocols(websocket.scope) if p.startswith(WS_BEARER)]
+    if offered and not any(k in (b"authorization", b"x-api-key") for k, _ in headers):
+        headers.append((b"authorization", b"Bearer " + offered[0][len(WS_BEARER) :].encode()))
+    # Guard.check reads a Request: the handshake's scope as the GET it is.
+    request = Request({**websocket.scope, "type": "http", "method": "GET", "headers": headers})
+    if guard.blocking:
+        return await anyio.to_thread.run_sync(guard.check, request, access, route)
+    return guard.check(request, access, route)
+
+
 def principal(request: Request) -> Principal | None:
     """Who made this request (set by `authorize`)."""
     p: Principal | None = request.scope.get("state", {}).get("principal")
@@ -481,3 +557,34 @@ class AccessMiddleware:
                         client=client[0] if client else None,
                     )
                 )
+                if self.guard.observers:
+                    self._observe(scope, state, route, status, started, usage, p)
+
+    def _observe(
+        self,
+        scope: Scope,
+        state: dict[str, Any],
+        route: str,
+        status: int,
+        started: float,
+        usage: RequestUsage,
+        p: Principal | None,
+    ) -> None:
+        row = {
+            "id": state.get("request_id"),
+            "ts": time.time(),
+            "method": scope["method"],
+            "route": route,
+            "model": usage.model,
+            "status": status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "ttft_ms": None if usage.ttft_ms is None else round(usage.ttft_ms, 2),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "key_name": p.name if p else None,
+        }
+        for observe in self.guard.observers:
+            try:
+                observe(row)
+            except Exception as exc:  # an observer must not fail the request
+                log.warning("request.observer_failed", error=str(exc))

@@ -34,7 +34,7 @@ from serving.engine.base import (
     InvalidRequestError,
     QueueFullError,
 )
-from serving.engine.window import ContextLengthError
+from serving.engine.window import ContextLengthError, PromptTooLargeError
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +51,7 @@ CODES: dict[str, tuple[int, str]] = {
     "embedding_error": (500, "server_error"),
     "rag_index_error": (500, "server_error"),
     "model_not_loaded": (503, "server_error"),
+    "shutting_down": (503, "server_error"),
     "insufficient_memory": (507, "server_error"),
 }
 # Anthropic's error type of each code (anything else is `api_error`).
@@ -63,6 +64,7 @@ ANTHROPIC_TYPES: dict[str, str] = {
     "rate_limited": "rate_limit_error",
     "queue_full": "overloaded_error",
     "model_not_loaded": "overloaded_error",
+    "shutting_down": "overloaded_error",
 }
 ANTHROPIC_PREFIX = "/v1/messages"
 GENERIC_MESSAGE = "The server failed to process the request; the error was logged."
@@ -148,7 +150,7 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError("inference_error", str(exc))
     if isinstance(exc, QueueFullError):
         return queue_full(exc.retry_after, str(exc))
-    if isinstance(exc, ContextLengthError):
+    if isinstance(exc, ContextLengthError | PromptTooLargeError):
         return APIError("context_length_exceeded", str(exc), param=exc.param)
     if isinstance(exc, InvalidRequestError):
         return APIError("invalid_request", str(exc), param=exc.param)
@@ -168,7 +170,7 @@ def _rag_error(exc: BaseException) -> APIError | None:
     from pipelines.uploads import FileNotFound, UploadError
     from pipelines.vectorstore import CollectionNotFound, InvalidCollectionName, VectorStoreError
     from serving.services.indexing import RagIndexError
-    from serving.services.rag import RunNotFoundError
+    from serving.services.rag import RunNotCancellable, RunNotFoundError
     from serving.services.vector_stores import VectorStoreBusy, VectorStoreNotFound
 
     if isinstance(exc, InvalidCollectionName):
@@ -189,6 +191,8 @@ def _rag_error(exc: BaseException) -> APIError | None:
         return APIError("invalid_request", str(exc), param="collection", status=404)
     if isinstance(exc, RunNotFoundError):
         return APIError("invalid_request", str(exc), param="run_id", status=404)
+    if isinstance(exc, RunNotCancellable):
+        return APIError("invalid_request", str(exc), param="run_id", status=409)
     if isinstance(exc, RetrievalError):
         return APIError("invalid_request", str(exc))
     if isinstance(exc, RagIndexError | VectorStoreError):

@@ -26,6 +26,7 @@ from serving.engine.base import (
     InvalidRequestError,
     TokenLogprob,
 )
+from serving.http import tracing
 from serving.http.auth import add_tokens
 from serving.http.deps import ServingContext
 from serving.http.openai.schemas import PromptTokensDetails, Usage
@@ -55,6 +56,7 @@ class _Seq:
     stop_sequence: str | None = None  # the stop string that ended it
     logprobs: list[TokenLogprob] = field(default_factory=list)
     first_token_at: float | None = None
+    last_token_at: float | None = None
 
 
 async def _merge(iters: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
@@ -100,6 +102,8 @@ class Generation:
         self._merged: AsyncIterator[tuple[int, Delta]] | None = None
         self._first: asyncio.Future[tuple[int, Delta]] | None = None
         self._closed = False
+        self._inter_token = ctx.metrics.inter_token.labels(model)
+        self._trace = tracing.current()  # None unless tracing is on (serving/http/tracing.py)
 
     @classmethod
     async def start(cls, ctx: ServingContext, model: str, requests: RequestsFor) -> Generation:
@@ -109,19 +113,26 @@ class Generation:
         gen = cls(ctx, model, stack)
         try:
             engine: Engine = await stack.enter_async_context(ctx.manager.use(model))
-            reqs = list(requests(engine))
             limit = ctx.settings.serve.queue_limit
-            if len(reqs) > limit:
-                # a 503 would tell the client to retry a request that can never fit
-                raise InvalidRequestError(
-                    f"This request asks for {len(reqs)} sequences (prompts × n) and the server "
-                    f"takes at most {limit} at a time (serve.queue_limit): send fewer prompts "
-                    "or a smaller n per request.",
-                    param="n",
-                )
-            for req in reqs:
-                gen._iters.append(engine.generate(req))
-                gen.seqs.append(_Seq())
+
+            def submit() -> None:
+                reqs = list(requests(engine))
+                if len(reqs) > limit:
+                    # a 503 would tell the client to retry a request that can never fit
+                    raise InvalidRequestError(
+                        f"This request asks for {len(reqs)} sequences (prompts × n) and the "
+                        f"server takes at most {limit} at a time (serve.queue_limit): send "
+                        "fewer prompts or a smaller n per request.",
+                        param="n",
+                    )
+                for req in reqs:
+                    gen._iters.append(engine.generate(req))
+                    gen.seqs.append(_Seq())
+
+            # Templating and tokenizing a long prompt (engine.generate validates and tokenizes
+            # before it returns) take CPU seconds: a worker thread, so the event loop (health
+            # probes, other streams) never waits on them.
+            await anyio.to_thread.run_sync(submit)
         except BaseException:
             await gen.aclose()
             raise
@@ -159,6 +170,11 @@ class Generation:
         now = time.perf_counter()
         if seq.first_token_at is None and (delta.text or delta.token_ids):
             seq.first_token_at = now
+        new_tokens = delta.completion_tokens - seq.completion_tokens
+        if new_tokens > 0:
+            if seq.last_token_at is not None:
+                self._inter_token.observe((now - seq.last_token_at) / new_tokens)
+            seq.last_token_at = now
         seq.text += delta.text
         seq.completion_tokens = max(seq.completion_tokens, delta.completion_tokens)
         if delta.logprobs:
@@ -173,10 +189,20 @@ class Generation:
             m = self.ctx.metrics
             m.prompt_tokens.labels(self.model).inc(delta.prompt_tokens)
             m.completion_tokens.labels(self.model).inc(seq.completion_tokens)
-            add_tokens(delta.prompt_tokens + seq.completion_tokens)
+            first = seq.first_token_at
+            ttft = None if first is None else (first - self.started) * 1000
+            add_tokens(
+                delta.prompt_tokens + seq.completion_tokens,
+                model=self.model,
+                prompt=delta.prompt_tokens,
+                completion=seq.completion_tokens,
+                ttft_ms=ttft,
+            )
             m.record_sequence(
                 self.model, self.started, seq.first_token_at, now, seq.completion_tokens
             )
+            if self._trace is not None:
+                tracing.sequence_spans(self._trace, i, delta)
 
     async def aclose(self) -> None:
         """Cancel what still runs, close the engine iterators (frees the sequences), release

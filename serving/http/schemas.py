@@ -85,8 +85,17 @@ class QueueStatus(BaseModel):
 
 
 class MemoryStatus(BaseModel):
-    in_use_bytes: int
+    in_use_bytes: int  # what the budget counts (ModelManager.memory_in_use)
     budget_bytes: int
+    # "process": the larger of the engines' estimates and the process's footprint; "engines":
+    # the estimates alone (a Ray ingress, whose models live in other processes).
+    budget_counts: Literal["process", "engines"] = "engines"
+    engines_bytes: int = 0  # what the resident engines report (weights, KV, prefix cache)
+    process_rss_bytes: int = 0  # this process's resident set (psutil)
+    mlx_active_bytes: int = 0  # MLX's live buffers in this process
+    mlx_cache_bytes: int = 0  # MLX's freed buffers kept for reuse
+    process_footprint_bytes: int = 0  # max(resident set, MLX active + cache)
+    idle_ttl_s: float = 0.0  # models.idle_ttl_s: an idle model (not the default) unloads after it
 
 
 class ServerStatus(BaseModel):

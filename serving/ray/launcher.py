@@ -1,5 +1,5 @@
-"""`impetus serve --ray` on one machine: a local Ray, the applications of configs/serve.yaml
-deployed on host:port, and a clean shutdown on SIGINT/SIGTERM."""
+"""`impetus serve --ray`: a local Ray (or the cluster RAY_ADDRESS names), the applications of
+configs/serve.yaml deployed on host:port, and a clean shutdown on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -45,8 +45,10 @@ def run(
     on_ready: Callable[[dict[str, float]], None] | None = None,
     index_runner: str | None = None,
 ) -> None:
-    """Start a local Ray (dashboard and usage stats off, 127.0.0.1 only), deploy the applications
-    of `serve_config` on `host:port`, block until SIGINT/SIGTERM (or `stop`), then shut it down.
+    """Start a local Ray (dashboard and usage stats off, 127.0.0.1 only), or join the running
+    cluster that RAY_ADDRESS names (`ray start --head`, see configs/serve.yaml), deploy the
+    applications of `serve_config` on `host:port`, block until SIGINT/SIGTERM (or `stop`), then
+    shut Serve down (and the local Ray; a joined cluster keeps running).
 
     `settings` go to every replica (so `--model` and IMPETUS_* overrides hold there too); the
     `args:` of each application may still override them. `index_runner` (an import path, see
@@ -66,24 +68,14 @@ def run(
 
     import ray
 
-    for attempt in (1, 2):
-        try:
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                include_dashboard=False,
-                namespace="serve",
-                _node_ip_address="127.0.0.1",
-                object_store_memory=128 << 20,
-                configure_logging=False,
-                log_to_driver=True,
-            )
-            break
-        except Exception as exc:
-            # Ray gives its raylet a fixed 30 s to register; an overloaded machine can miss it.
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-            log.warning("ray.init.retry", error=str(exc))
-            ray.shutdown()
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        # A cluster started with `ray start` (a head, and workers with --resources '{"mac": 1}'):
+        # join it as a driver. Its nodes' cores, ports and environment are theirs to set.
+        ray.init(address=address, namespace="serve", configure_logging=False, log_to_driver=True)
+        log.info("ray.cluster.joined", address=address)
+    else:
+        _start_local_ray(num_cpus)
     timings["ray_init_s"] = time.perf_counter() - t0
     try:
         serve.start(
@@ -119,6 +111,30 @@ def run(
         try:
             serve.shutdown()
         finally:
+            ray.shutdown()
+
+
+def _start_local_ray(num_cpus: int | None) -> None:
+    """A Ray of this machine alone, owned by this process (dashboard off, 127.0.0.1)."""
+    import ray
+
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                namespace="serve",
+                _node_ip_address="127.0.0.1",
+                object_store_memory=128 << 20,
+                configure_logging=False,
+                log_to_driver=True,
+            )
+            return
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; an overloaded machine can miss it.
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            log.warning("ray.init.retry", error=str(exc))
             ray.shutdown()
 
 

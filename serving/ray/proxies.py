@@ -52,14 +52,29 @@ class RemoteError:
 
 def as_domain_error(exc: BaseException, what: str) -> ImpetusError:
     """The error to raise in the ingress for a failure of a remote call: domain errors as they are;
-    Ray failures (replica died, cancelled, unavailable) as an EngineError without a traceback."""
+    a replica that died or cannot be reached as EngineClosedError (503 model_not_loaded, or an
+    error event mid-stream: Serve starts a new replica, so a retry succeeds); other Ray failures
+    as an EngineError (500). Never a traceback."""
     if isinstance(exc, ImpetusError):
         return exc
     cause = getattr(exc, "cause", None)  # RayTaskError wraps the replica's exception
     if isinstance(cause, ImpetusError):
         return cause
+    if replica_lost(exc):
+        log.warning("ray.replica_lost", call=what, error_type=type(exc).__name__)
+        return EngineClosedError(
+            f"{what} stopped: its Ray Serve replica went away ({type(exc).__name__}). Serve "
+            "starts a new one; retry the request."
+        )
     log.error("ray.call_failed", call=what, error_type=type(exc).__name__, error=str(exc)[:500])
     return EngineError(f"{what} failed in a Ray Serve deployment ({type(exc).__name__}).")
+
+
+def replica_lost(exc: BaseException) -> bool:
+    """The replica's actor died (SIGKILL, out of memory, its node gone) or is unreachable."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(exc, RayActorError)
 
 
 # -- coalescing (runs in the LLM deployment) -------------------------------------------------------

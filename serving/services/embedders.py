@@ -8,25 +8,38 @@ batches of at most `batch_tokens` padded tokens and `batch_size` texts.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import structlog
 
+from pipelines import tracing
 from pipelines.embed.base import Embedder
 
 log = structlog.get_logger(__name__)
 
 EmbedderFactory = Callable[[str], Embedder]
+T = TypeVar("T")
 
 
 class EmbedderPool:
     """Embedders by registry name, loaded on first use; one thread runs them all (it alone
     touches their models, so embedding never races itself)."""
 
-    def __init__(self, factory: EmbedderFactory, *, batch_tokens: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        factory: EmbedderFactory,
+        *,
+        batch_tokens: int,
+        batch_size: int,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """`observe(model, seconds)` is told how long each `encode` took (the app's metrics)."""
         self._factory = factory
+        self._observe = observe
         self.batch_tokens = batch_tokens
         self.batch_size = batch_size
         self._embedders: dict[str, Embedder] = {}
@@ -56,10 +69,20 @@ class EmbedderPool:
     def unload(self, name: str) -> bool:
         return self._embedders.pop(name, None) is not None
 
-    async def encode(self, embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, int]:
-        """Vectors (n, dim) in input order and the tokens used."""
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on the embedders' thread (tokenizer work that must not race an encode)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._encode_sync, embedder, texts)
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def encode(self, embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Vectors (n, dim) in input order and the tokens used (in an `embed` span)."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        with tracing.span("embed", {"impetus.model": embedder.name, "impetus.inputs": len(texts)}):
+            out = await loop.run_in_executor(self._executor, self._encode_sync, embedder, texts)
+        if self._observe is not None:
+            self._observe(embedder.name, time.perf_counter() - started)
+        return out
 
     def _encode_sync(self, embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, int]:
         counts = [min(c, embedder.max_seq_length) for c in embedder.count_tokens(texts)]

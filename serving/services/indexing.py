@@ -8,6 +8,7 @@ the store the server owns; tests pass a small fake where they need no Prefect.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,17 +31,23 @@ class IndexRun:
     collection: str
     paths: list[str]
     prune: bool
-    status: str = "pending"  # pending | running | completed | failed
+    # pending | running | cancelling | completed | failed | cancelled
+    status: str = "pending"
     progress: dict[str, dict[str, int]] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    # Set by `IndexRunner.cancel`; the run reads it between batches (flows/ingest/flow.py).
+    stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def active(self) -> bool:
-        return self.status in ("pending", "running")
+        return self.status in ("pending", "running", "cancelling")
+
+    def should_stop(self) -> bool:
+        return self.stop_requested.is_set()
 
     def on_progress(self, label: str, done: int, total: int) -> None:
         """A progress callback for the run: `label` is at `done` of `total`."""
@@ -69,7 +76,9 @@ class IndexRunner(Protocol):
 
     `start` blocks (call it in a worker thread) until the run exists and its id is known, raising
     `RagIndexError` when it cannot; the run itself goes on in the background, updating its
-    `IndexRun`. `close` waits for a running run to finish and starts no more."""
+    `IndexRun`. `cancel` asks a run to stop (a pending one never starts; a running one stops
+    between batches, then reads `cancelled`) and returns it, None for an unknown id. `close`
+    cancels what runs, waits a bounded time for it to stop, and starts no more."""
 
     def start(
         self, paths: list[str], collection: str, prune: bool, store: VectorStore
@@ -78,5 +87,7 @@ class IndexRunner(Protocol):
     def get(self, run_id: str) -> IndexRun | None: ...
 
     def runs(self) -> list[IndexRun]: ...
+
+    def cancel(self, run_id: str) -> IndexRun | None: ...
 
     def close(self) -> None: ...

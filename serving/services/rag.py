@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from pipelines import tracing
 from pipelines.errors import ImpetusError
 from pipelines.roots import IndexRoots
 from serving.services.indexing import IndexRun, IndexRunner, RagIndexError
@@ -33,7 +35,14 @@ if TYPE_CHECKING:
     from serving.engine.manager import ModelManager
     from serving.services.embedders import EmbedderPool
 
-__all__ = ["Grounding", "IndexRun", "RagIndexError", "RagService", "RunNotFoundError"]
+__all__ = [
+    "Grounding",
+    "IndexRun",
+    "RagIndexError",
+    "RagService",
+    "RunNotCancellable",
+    "RunNotFoundError",
+]
 
 log = structlog.get_logger(__name__)
 RAG_MODES = {True: "on", False: "off", "auto": "auto", "on": "on", "off": "off"}
@@ -41,6 +50,10 @@ RAG_MODES = {True: "on", False: "off", "auto": "auto", "on": "on", "off": "off"}
 
 class RunNotFoundError(ImpetusError):
     """No index run with that id (404)."""
+
+
+class RunNotCancellable(ImpetusError):
+    """The run has ended already, or is not this server's to cancel (409)."""
 
 
 @dataclass
@@ -63,9 +76,12 @@ class RagService:
         manager: ModelManager,
         runner: IndexRunner | None = None,
         open_store: Callable[[Settings], VectorStore] | None = None,
+        observe_search: Callable[[float], None] | None = None,
     ) -> None:
         """`open_store(settings)` opens the vector store on first use (default: `create_store`);
-        without a `runner`, `POST /v1/rag/index` answers that this server runs no index flows."""
+        without a `runner`, `POST /v1/rag/index` answers that this server runs no index flows.
+        `observe_search(seconds)` is told how long each search took (the app's metrics)."""
+        self._observe_search = observe_search
         self.settings = settings
         self.embedders = embedders
         self.manager = manager
@@ -149,11 +165,37 @@ class RagService:
         filter: dict[str, Any] | None = None,
         min_dense_score: float | None = None,
     ) -> list[SearchHit]:
-        """Embed the query with the serving embedder pool, then search in a worker thread.
+        """Embed the query with the serving embedder pool, then search in a worker thread (a
+        `retrieval` span, its steps under it: embed here, dense, sparse and fuse in the retriever).
 
         With `min_dense_score`, return nothing unless the best dense match reaches it."""
+        mode = mode or self.settings.rag.search_mode
+        started = time.perf_counter()
+        with tracing.span("retrieval", {"impetus.search_mode": mode}):
+            hits = await self._search(query, collection, k, mode, filter, min_dense_score)
+        if self._observe_search is not None:
+            self._observe_search(time.perf_counter() - started)
+        return hits
+
+    async def _search(
+        self,
+        query: str,
+        collection: str | None,
+        k: int | None,
+        mode: str,
+        filter: dict[str, Any] | None,
+        min_dense_score: float | None,
+    ) -> list[SearchHit]:
         s = self.settings.rag
         mode = mode or s.search_mode
+        limit = self.settings.serve.embedding_max_input_chars
+        if len(query) > limit:  # before the embedder and BM25 tokenize it (seconds for MBs)
+            from pipelines.retrieve import RetrievalError
+
+            raise RetrievalError(
+                f"The search query is {len(query)} characters; a query may have at most {limit} "
+                "(serve.embedding_max_input_chars): search with a shorter question."
+            )
         if filter and "source" in filter:  # clients know sources as `display` shows them
             src = filter["source"]
             absolute = self.roots.absolute
@@ -283,6 +325,35 @@ class RagService:
                 f"this server does not own the vector store: {e}. Stop the other process, then "
                 "retry"
             ) from None
+
+    def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Ask this server's run `run_id` to stop: `cancelling` until it stops between batches,
+        then `cancelled`; a pending run is `cancelled` at once. Cancelling it again is a no-op."""
+        job = self.runner.cancel(run_id) if self.runner is not None else None
+        if job is None:
+            if self._lineage_runs(run_id=run_id):
+                raise RunNotCancellable(
+                    f"index run {run_id!r} is not running in this server (it ran in another "
+                    "process or before a restart); nothing to cancel"
+                )
+            raise RunNotFoundError(f"no index run {run_id!r}; POST /v1/rag/index starts one")
+        if job.status in ("completed", "failed"):
+            raise RunNotCancellable(f"index run {run_id!r} has {job.status}; nothing to cancel")
+        return self.public_run(job.to_dict())
+
+    def stop_runs(self) -> list[str]:
+        """Cancel every active index run (the server is shutting down); what was cancelled."""
+        if self.runner is None:
+            return []
+        active = [job for job in self.runner.runs() if job.active]
+        for job in active:
+            self.runner.cancel(job.id)
+        return [f"index run {job.id} ({job.collection}, {job.status})" for job in active]
+
+    def active_runs(self) -> list[str]:
+        """The index runs that have not stopped yet."""
+        runs = self.runner.runs() if self.runner is not None else []
+        return [f"index run {job.id} ({job.status})" for job in runs if job.active]
 
     def run(self, run_id: str) -> dict[str, Any]:
         """An index run by id: this server's run, else what lineage recorded of it."""

@@ -291,5 +291,8 @@ class FakeIndexRunner:
     def runs(self) -> list[IndexRun]:
         return list(self._runs.values())
 
+    def cancel(self, run_id: str) -> IndexRun | None:
+        return self._runs.get(run_id)  # every fake run has completed already
+
     def close(self) -> None:
         self.closed = True

@@ -85,6 +85,7 @@ class MessagesRequest(MessagesFields):
     top_k: int | None = Field(None, ge=0)
     stream: bool = False
     metadata: dict[str, Any] | None = None
+    speculative: Literal["auto", "off"] = "auto"  # Impetus's extension (docs/api.md)
 
     def sampling(self, defaults: SamplingDefaults | None = None) -> SamplingParams:
         """The engine's sampling: this body's fields over the model's `defaults`. max_tokens
@@ -98,4 +99,5 @@ class MessagesRequest(MessagesFields):
         if self.top_k is not None:
             params.top_k = self.top_k
         params.stop = [s for s in self.stop_sequences or [] if s]
+        params.speculative = self.speculative
         return params

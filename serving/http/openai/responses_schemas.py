@@ -74,6 +74,7 @@ class ResponseRequest(BaseModel):
     background: bool | None = False
     include: list[str] | None = None
     user: str | None = None
+    speculative: Literal["auto", "off"] = "auto"  # Impetus's extension (docs/api.md)
 
     def sampling(self, defaults: SamplingDefaults | None) -> SamplingParams:
         """The engine's sampling: this body's fields over the model's registry defaults."""
@@ -85,6 +86,7 @@ class ResponseRequest(BaseModel):
         if self.top_p is not None:
             params.top_p = self.top_p
         params.seed = self.seed
+        params.speculative = self.speculative
         if self.top_logprobs:
             params.logprobs, params.top_logprobs = True, self.top_logprobs
         return params

@@ -96,6 +96,8 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Impetus's extension: "off" decodes this request without speculation (docs/api.md).
+    speculative: Literal["auto", "off"] = "auto"
 
     @field_validator("logit_bias")
     @classmethod
@@ -155,6 +157,7 @@ class _SamplingFields(_Request):
         params.stop = self.stop_list()
         params.logprobs = logprobs
         params.top_logprobs = top_logprobs
+        params.speculative = self.speculative
         return params
 
 

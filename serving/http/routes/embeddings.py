@@ -1,6 +1,9 @@
 """POST /v1/embeddings over the app's `EmbedderPool` (serving/services/embedders.py).
 
 Inputs are strings or token-id lists (decoded with the model's tokenizer, then encoded as text).
+An input longer than `serve.embedding_max_input_chars` characters is refused before any
+tokenizing (a 400 naming the limit); tokenizer work runs on the embedders' thread, never on the
+event loop.
 List inputs are sorted by length and encoded in batches of at most `serve.embedding_batch_tokens`
 tokens (and `embedding.batch_size` texts). `dimensions` keeps the first components and
 renormalises (Matryoshka); `encoding_format: base64` is little-endian float32, as OpenAI's.
@@ -40,6 +43,22 @@ def _texts(body: EmbeddingRequest, embedder: Embedder) -> list[str]:
     return [v if isinstance(v, str) else embedder.decode(v) for v in value]  # type: ignore[arg-type]
 
 
+def _check_sizes(inputs: EmbeddingRequest | list[str], limit: int) -> None:
+    """400 for an input longer than `serve.embedding_max_input_chars`, naming the limit."""
+    value = inputs.input if isinstance(inputs, EmbeddingRequest) else inputs
+    texts = [value] if isinstance(value, str) else value
+    for i, text in enumerate(texts):
+        if isinstance(text, str) and len(text) > limit:
+            where = "input" if isinstance(value, str) else f"input[{i}]"
+            raise APIError(
+                "invalid_request",
+                f"{where} is {len(text)} characters; an input may have at most {limit} "
+                "(serve.embedding_max_input_chars), and the model reads only its first "
+                "max_seq_length tokens: split the text into chunks.",
+                param="input",
+            )
+
+
 def _encode_vector(vec: np.ndarray, fmt: str) -> list[float] | str:
     if fmt == "base64":
         return base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
@@ -63,10 +82,14 @@ async def embeddings(
             f"dimensions must be at most {embedder.dim} for {body.model!r}.",
             param="dimensions",
         )
+    limit = ctx.settings.serve.embedding_max_input_chars
+    _check_sizes(body, limit)  # before any tokenizer work: a 6 MB input is refused at once
     try:
-        texts = _texts(body, embedder)
+        # Decoding token-id inputs is tokenizer work: on the embedders' thread, off the loop.
+        texts = await ctx.embedders.call(_texts, body, embedder)
     except ValueError as exc:  # a token id outside the model's vocabulary
         raise APIError("invalid_request", f"input: {exc}", param="input") from None
+    _check_sizes(texts, limit)  # what token ids decoded to
     try:
         vectors, tokens = await ctx.embedders.encode(embedder, texts)
     except Exception as exc:

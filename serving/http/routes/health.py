@@ -81,10 +81,7 @@ async def status(ctx: ServingContext = Depends(get_ctx)) -> ServerStatus:
                 "limit": sum(x["engine"]["queue_limit"] for x in models),
                 "running": sum(x["engine"]["batch_size"] for x in models),
             },
-            "memory": {
-                "in_use_bytes": m.memory_in_use(),
-                "budget_bytes": m.memory_budget_bytes,
-            },
+            "memory": m.memory_report(),
         }
     )
 

@@ -26,6 +26,7 @@ from serving.http.anthropic.schemas import CountTokensRequest, MessagesRequest
 from serving.http.deps import ServingContext, get_ctx
 from serving.http.generation import Generation
 from serving.http.openai import translate as openai_translate
+from serving.http.routes.generate import STREAMABLE
 from serving.services import tools
 
 router = APIRouter()
@@ -42,7 +43,8 @@ def _usage(gen: Generation) -> dict[str, int]:
     }
 
 
-@router.post("/v1/messages", response_model=None)
+# With "stream": true the answer is server-sent events (documented, as chat completions do).
+@router.post("/v1/messages", response_model=None, responses=STREAMABLE)
 async def create_message(
     body: MessagesRequest, request: Request, ctx: ServingContext = Depends(get_ctx)
 ) -> Response:

@@ -9,6 +9,8 @@ Index runs read only paths inside `rag.index_roots` (and uploads); any other pat
 403 whether or not it exists (pipelines/roots.py). Sources in responses are relative to their
 index root, never the server's absolute paths.
     GET  /v1/rag/runs/{id}                                           → the run's progress/summary
+    POST /v1/rag/runs/{id}/cancel                                    → the run, `cancelling`
+                                                                       (then `cancelled`)
     GET  /v1/rag/status                                              → collections, versions, runs
 """
 
@@ -115,6 +117,21 @@ async def index(
 @router.get("/v1/rag/runs/{run_id}")
 async def run(run_id: str, ctx: ServingContext = Depends(get_ctx)) -> IndexRun:
     return index_run(await anyio.to_thread.run_sync(rag(ctx).run, run_id))
+
+
+@router.post("/v1/rag/runs/{run_id}/cancel")
+async def cancel(run_id: str, request: Request, ctx: ServingContext = Depends(get_ctx)) -> IndexRun:
+    """Stop an index run between batches: what it committed stays, whole; re-running converges."""
+    who = principal(request)
+    run = index_run(await anyio.to_thread.run_sync(rag(ctx).cancel_run, run_id))
+    log.info(
+        "audit.index_cancel",
+        run_id=run_id,
+        status=run.status,
+        key=who and who.name,
+        client=who and who.client,
+    )
+    return run
 
 
 @router.get("/v1/rag/status")

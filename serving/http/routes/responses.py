@@ -38,7 +38,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from serving.engine.base import GenerationRequest, InvalidRequestError
-from serving.engine.window import context_window_of
+from serving.engine.window import PromptTooLargeError, context_window_of
 from serving.http import generation, reasoning
 from serving.http.auth import principal
 from serving.http.deps import ServingContext, get_ctx
@@ -208,7 +208,12 @@ async def _fit(
                 messages, plan.tool_plan, capabilities, model
             )
             req = GenerationRequest("count", messages=rendered, tools=template_tools)
-            tokens = int(await anyio.to_thread.run_sync(engine.count_tokens, req))
+            try:
+                tokens = int(await anyio.to_thread.run_sync(engine.count_tokens, req))
+            except PromptTooLargeError:  # refused by its length alone, before tokenizing
+                if truncation != "auto" or not _drop_oldest(messages):
+                    raise
+                continue
             if window is None or tokens < window:
                 return messages, tokens
             if truncation != "auto" or not _drop_oldest(messages):

@@ -298,6 +298,8 @@ def test_metrics_are_prometheus_text(srv: Server) -> None:
         "impetus_queue_depth",
         "impetus_batch_size",
         "impetus_prefix_cache_hits_total",
+        "impetus_prefix_cache_disk_hits_total",
+        "impetus_prefix_cache_disk_bytes",
         "impetus_completion_tokens_total",
     ):
         assert name in text, name

@@ -115,3 +115,25 @@ def test_an_invalid_collection_name_is_a_400(server: RunningServer, name: str) -
         "rag_collection": name,
     }
     _invalid(_post(server, "/v1/chat/completions", chat), "collection")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/completions", {"prompt": "hi"}),
+        ("/v1/responses", {"input": "hi"}),
+        ("/v1/messages", {"messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+def test_speculative_takes_auto_or_off(
+    server: RunningServer, path: str, body: dict[str, Any]
+) -> None:
+    base = {"model": server.llm, "max_tokens": 2, **body}
+    if path == "/v1/responses":
+        base["max_output_tokens"] = base.pop("max_tokens")
+    for value in ("sometimes", True, None):
+        r = _post(server, path, {**base, "speculative": value})
+        assert r.status_code == 400, r.text
+        assert "speculative" in r.text and "Traceback" not in r.text
+    assert _post(server, path, {**base, "speculative": "off"}).status_code == 200
