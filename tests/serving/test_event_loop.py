@@ -25,11 +25,13 @@ from serving.engine.window import check_chars, max_prompt_chars, text_chars
 from tests.serving.servers import RunningServer
 
 BIG = "hello world " * (6_000_000 // 12)  # 6 MB
-# "Well under a second": the test asserts below it and prints the figure. In Ray mode every request,
-# the probe's included, crosses Ray's HTTP proxy actor, which receives the 6 MB body and forwards it
-# to the ingress replica itself: on a busy 2-core machine that copy alone has taken ~1 s of the
-# proxy's loop. The bound there is the proxy's; the server's own loop is the in-process figure.
-HEALTH_BOUND_S = {"inprocess": 1.0, "ray": 2.0}
+# Before the fix the whole server stalled 7-9 s on such a prompt (tokenized on the event loop).
+# Alone on this machine the slowest health answer is 5-50 ms in process (0.29 s during the
+# Responses call), but `make test` runs three workers on two cores and a starved server process
+# has taken 1.03 s: the bound is 2 s, far from a stall and clear of the scheduler. In Ray mode
+# every request, the probe's included, crosses Ray's HTTP proxy actor, which receives the 6 MB body
+# and forwards it to the ingress replica itself (~1 s of the proxy's loop on a busy machine).
+HEALTH_BOUND_S = {"inprocess": 2.0, "ray": 2.0}
 
 
 @contextmanager
