@@ -113,6 +113,8 @@ class ServeSettings(_Section):
     queue_limit: int = Field(default=64, ge=1)
     max_batch_size: int = Field(default=16, ge=1)
     prefix_cache_bytes: int = Field(default=1 << 30, ge=0)
+    # The decode batch's KV cache, per LLM: a sequence waits for room before it joins; 0: no bound.
+    kv_cache_bytes: int = Field(default=1 << 30, ge=0)
     # The prefix cache's disk tier under data_dir/prefix-cache, per LLM: bytes; 0: off.
     prefix_cache_disk_bytes: int = Field(default=0, ge=0)
     retry_after_s: float = Field(default=1.0, gt=0)

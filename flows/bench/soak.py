@@ -73,6 +73,7 @@ class SoakConfig:
     corpus: str = ""  # empty: data/samples
     seed: int = 0
     only: tuple[str, ...] = ()  # a subset of the mix's routes (flows/bench/soak_load.py MIX)
+    kv_cache_mb: int = 0  # the server's serve.kv_cache_bytes in MiB; 0: the configured one
 
     @property
     def seconds(self) -> float:
@@ -126,7 +127,11 @@ def bench_soak(cfg: SoakConfig | None = None) -> BenchResult:
         only=cfg.only,
     )  # fmt: skip
     load_start = os.getloadavg()
-    with impetus_serve(settings, log_dir, name="impetus-soak", IMPETUS_AUTH__MODE="off") as server:
+    env = {"IMPETUS_AUTH__MODE": "off"}
+    if cfg.kv_cache_mb:
+        env["IMPETUS_SERVE__KV_CACHE_BYTES"] = str(cfg.kv_cache_mb << 20)
+    kv_cache_bytes = cfg.kv_cache_mb << 20 or settings.serve.kv_cache_bytes
+    with impetus_serve(settings, log_dir, name="impetus-soak", **env) as server:
         started = (server.live_s, server.ready_s)
         rec = soak_load(server, plan)
         t_stop = time.monotonic()
@@ -139,7 +144,7 @@ def bench_soak(cfg: SoakConfig | None = None) -> BenchResult:
         "ingest_s": t_ingest, "server_stop_s": t_stop,
     }  # fmt: skip
     params = {**{k: str(v) for k, v in asdict(cfg).items()}, "model": settings.models.llm}
-    params |= machine() | {"corpus": corpus}
+    params |= machine() | {"corpus": corpus, "kv_cache_bytes": str(kv_cache_bytes)}
     configs = [
         Config(r, {"route": r}, {k[len(r) + 1 :]: v for k, v in metrics.items()
                                  if k.startswith(f"{r}_") and not k.startswith(f"{r}_p95_w")})
@@ -263,7 +268,7 @@ def resources(
             f <= w + slack, f"final max {f:.0f} vs warm-up max {w:.0f} + {slack:.0f}"
         )  # fmt: skip
     for key in ("prefix_cache_bytes", "queue_depth", "batch_size", "children", "loop_lag_ms",
-                "mlx_active_bytes", "mlx_cache_bytes"):  # fmt: skip
+                "mlx_active_bytes", "mlx_cache_bytes", "kv_cache_bytes", "kv_cache_waits"):  # fmt: skip
         vals = [x[key] for x in s if key in x]
         if vals:
             m[f"{key}_max"] = max(vals)
@@ -321,6 +326,12 @@ def render_table(
         row(
             "queue depth max / batch size max",
             f"{m['queue_depth_max']:.0f} / {m['batch_size_max']:.0f}",
+        )
+    if "kv_cache_bytes_max" in m:
+        row(
+            "batch KV cache max / end, MB; requests that waited for room",
+            f"{m['kv_cache_bytes_max'] / 2**20:.0f} / {m['kv_cache_bytes_end'] / 2**20:.0f}; "
+            f"{m.get('kv_cache_waits_end', 0):.0f}",
         )
     if "loop_lag_ms_max" in m:
         row("client event-loop lag max, ms", f"{m['loop_lag_ms_max']:.0f}")
@@ -389,6 +400,7 @@ SERIES = {  # sample key → (MLflow metric, scale)
     "threads": ("series_threads", 1.0),
     "children_rss_bytes": ("series_children_rss_mb", 1 / 2**20),
     "prefix_cache_bytes": ("series_prefix_cache_mb", 1 / 2**20),
+    "kv_cache_bytes": ("series_kv_cache_mb", 1 / 2**20),
     "mlx_active_bytes": ("series_mlx_active_mb", 1 / 2**20),
     "mlx_cache_bytes": ("series_mlx_cache_mb", 1 / 2**20),
     "queue_depth": ("series_queue_depth", 1.0),

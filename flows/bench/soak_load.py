@@ -289,6 +289,8 @@ ENGINE_GAUGES = {
     "impetus_queue_depth": "queue_depth",
     "impetus_batch_size": "batch_size",
     "impetus_model_memory_bytes": "engine_memory_bytes",
+    "impetus_kv_cache_bytes": "kv_cache_bytes",
+    "impetus_kv_cache_waits": "kv_cache_waits",
 }
 
 

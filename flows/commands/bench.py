@@ -460,6 +460,12 @@ def bench_soak(
         str,
         typer.Option("--only", help="Comma-separated routes of the mix to keep (diagnosis)."),
     ] = "",
+    kv_cache_mb: Annotated[
+        int,
+        typer.Option(
+            "--kv-cache-mb", min=0, help="The server's KV budget (serve.kv_cache_bytes), MiB."
+        ),
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """A long mixed load on one server: errors by kind, latency per route, RSS, fds, threads,
@@ -478,6 +484,7 @@ def bench_soak(
         raise fail(f"--only {bad[0]}: not a route of the mix ({', '.join(dict(MIX))})")
     cfg = SoakConfig(minutes, streams, max_tokens, corpus=str(corpus.resolve()) if corpus else "")
     cfg.only = routes
+    cfg.kv_cache_mb = kv_cache_mb
     with domain_errors():
         result = flow(cfg)
     report(s, result, as_json)

@@ -148,6 +148,9 @@ class EngineStats:
     prefix_cache_disk_bytes: int = 0
     prefix_cache_disk_limit_bytes: int = 0  # 0: no disk tier
     memory_bytes: int = 0  # weights + caches resident for this model
+    kv_cache_bytes: int = 0  # the decode batch's KV cache
+    kv_cache_limit_bytes: int = 0  # the budget it is held to (0: none)
+    kv_cache_waits_total: int = 0  # sequences that waited for room in that budget
     # prompt-lookup speculative decoding (serving/engine/speculative.py): verify forwards, draft
     # tokens scored and accepted, tokens the verify steps emitted
     speculative_steps: int = 0

@@ -448,6 +448,7 @@ def mlx_engine_factory(settings: Settings) -> EngineFactory:
             queue_limit=s.queue_limit,
             max_batch_size=s.max_batch_size,
             prefix_cache_bytes=s.prefix_cache_bytes,
+            kv_cache_bytes=s.kv_cache_bytes,
             retry_after=s.retry_after_s,
             prefix_cache_dir=settings.data_dir / "prefix-cache",
             prefix_cache_disk_bytes=s.prefix_cache_disk_bytes,

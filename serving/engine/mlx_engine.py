@@ -41,6 +41,7 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -69,6 +70,8 @@ from serving.engine.window import check_chars, fit_window, text_chars
 
 log = logging.getLogger(__name__)
 
+# mlx-lm's batch KV cache grows by this many tokens at a time (BatchKVCache.step).
+KV_STEP = 256
 # A chat's system prompt and tools shorter than this are not worth a checkpoint file of their own.
 MIN_CHECKPOINT_TOKENS = 64
 
@@ -83,6 +86,10 @@ class MLXEngineConfig:
     queue_limit: int = 64  # waiting + running sequences; past it generate raises QueueFullError
     retry_after: float = 1.0  # seconds, suggested to a client turned away
     prefix_cache_bytes: int = 512 << 20  # 0 turns the prefix cache off
+    # Bytes the decode batch's KV cache may take (every row padded to the longest, as mlx-lm's
+    # batch cache holds it): a sequence waits for room before it joins; one sequence alone always
+    # runs. 0: no bound.
+    kv_cache_bytes: int = 1 << 30
     # The disk tier (prefix_store.py): a folder (one subfolder per model and weights) and a byte
     # cap; None or 0 turns it off.
     prefix_cache_dir: Path | None = None
@@ -133,6 +140,7 @@ class _Counters:
     generation_tokens_total: int = 0
     running: int = 0
     kv_bytes: int = 0
+    kv_waits: int = 0  # sequences that waited for room in the KV budget
 
 
 def load_model(path: Path, *, cpu_float32: bool = True) -> tuple[Any, Any]:
@@ -141,6 +149,26 @@ def load_model(path: Path, *, cpu_float32: bool = True) -> tuple[Any, Any]:
     from pipelines.models.loading import load_llm
 
     return load_llm(path, "auto" if cpu_float32 else "native")
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes one token's keys and values take in the model's KV cache, all layers together.
+    Read from the cache a one-token forward would fill (the graph is built, not evaluated), so it
+    holds for whatever cache mlx-lm makes for the architecture; layers without per-token state
+    (recurrent ones) count nothing."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    model(mx.array([[0]]), cache=cache)
+    total = 0.0
+    for c in cache:
+        keys, values = getattr(c, "keys", None), getattr(c, "values", None)
+        if not (isinstance(keys, mx.array) and isinstance(values, mx.array)):
+            continue
+        if keys.ndim == 4 and keys.shape[2]:  # (batch, heads, tokens allocated, head_dim)
+            total += (keys.nbytes + values.nbytes) / keys.shape[2]
+    return int(total)
 
 
 def chat_template_renders_tools(chat_template: str | None) -> bool:
@@ -215,6 +243,10 @@ class MLXEngine:
         self._solo: _Solo | None = None  # the sequence decoding speculatively, if any
         self._spec = SpecStats()
         self._trimmable: bool | None = None  # whether the model's KV cache can roll back
+        # Admitted to the engine thread, not yet in the batch: no free row or no room in the KV
+        # budget (`_fill`); first come, first served.
+        self._waiting: deque[LiveSequence] = deque()
+        self._kv_token_bytes = 0  # one token's keys and values, all layers (measured at load)
 
     @classmethod
     def load(
@@ -226,6 +258,7 @@ class MLXEngine:
         max_batch_size: int | None = None,
         queue_limit: int | None = None,
         prefix_cache_bytes: int | None = None,
+        kv_cache_bytes: int | None = None,
         retry_after: float | None = None,
         prefix_cache_dir: Path | None = None,
         prefix_cache_disk_bytes: int | None = None,
@@ -236,6 +269,7 @@ class MLXEngine:
             "max_batch_size": max_batch_size,
             "queue_limit": queue_limit,
             "prefix_cache_bytes": prefix_cache_bytes,
+            "kv_cache_bytes": kv_cache_bytes,
             "retry_after": retry_after,
             "prefix_cache_dir": prefix_cache_dir,
             "prefix_cache_disk_bytes": prefix_cache_disk_bytes,
@@ -328,6 +362,9 @@ class MLXEngine:
             prefix_cache_disk_bytes=p.disk_bytes,
             prefix_cache_disk_limit_bytes=p.disk_limit_bytes,
             memory_bytes=self._weights_bytes + c.kv_bytes + p.memory_bytes,
+            kv_cache_bytes=c.kv_bytes,
+            kv_cache_limit_bytes=self.config.kv_cache_bytes,
+            kv_cache_waits_total=c.kv_waits,
             speculative_steps=self._spec.steps,
             speculative_drafted_tokens=self._spec.drafted,
             speculative_accepted_tokens=self._spec.accepted,
@@ -544,6 +581,7 @@ class MLXEngine:
         self._model = model
         params: Any = tree_flatten(model.parameters())
         self._weights_bytes = sum(v.nbytes for _, v in params)
+        self._kv_token_bytes = kv_bytes_per_token(model)
         cfg = json.loads((self.path / "config.json").read_text())
         self._context = self.config.max_context_tokens or int(
             cfg.get("max_position_embeddings", 4096)
@@ -628,9 +666,10 @@ class MLXEngine:
                 return False
             assert seq is not None
             if kind == "admit":
-                self._admit(seq)
+                self._waiting.append(seq)
             elif kind == "cancel":
                 self._cancel(seq)
+        self._fill()
         if self._solo is not None and len(self._live) > 1:
             self._rejoin()
         if self._live:
@@ -659,6 +698,33 @@ class MLXEngine:
             if out[-1][0] == "close":
                 break
         return out
+
+    def _fill(self) -> None:
+        """Move waiting sequences into the batch, in order, while a row is free and the batch's
+        KV cache stays within `kv_cache_bytes`. The head waits rather than being overtaken, so a
+        long prompt is not starved by short ones: the batch drains until it fits."""
+        while self._waiting and len(self._live) < self.config.max_batch_size:
+            seq = self._waiting[0]
+            if not self._kv_room(seq):
+                if not seq.kv_waited:
+                    seq.kv_waited = True
+                    self._counters.kv_waits += 1
+                return
+            self._waiting.popleft()
+            self._admit(seq)
+
+    def _kv_room(self, seq: LiveSequence) -> bool:
+        """Whether the batch's KV cache, with `seq` in it, fits the budget. mlx-lm's batch cache
+        pads every row to the longest and grows by `KV_STEP` tokens, so its size is about rows x
+        (longest + one step) x bytes per token."""
+        cap = self.config.kv_cache_bytes
+        if cap <= 0 or not self._live or not self._kv_token_bytes:
+            return True
+        longest = max(
+            len(seq.prompt), *(len(s.prompt) + s.completion_tokens for s in self._live.values())
+        )
+        rows = len(self._live) + 1
+        return rows * (longest + KV_STEP) * self._kv_token_bytes <= cap
 
     def _admit(self, seq: LiveSequence) -> None:
         from serving.engine.sampling import make_logits_processors, make_sampler
@@ -701,6 +767,10 @@ class MLXEngine:
         c.prompt_tokens_total += len(seq.prompt)
 
     def _cancel(self, seq: LiveSequence) -> None:
+        if seq.uid is None and seq in self._waiting:  # never joined the batch
+            self._waiting.remove(seq)
+            seq.done = True
+            return
         if seq.uid is not None and self._live.get(seq.uid) is seq:
             self._drop(seq)
             if self._solo is not None and self._solo.seq is seq:
@@ -966,6 +1036,10 @@ class MLXEngine:
         closed = f"Model {self.model_name!r} was unloaded; load it again."
         self._fail_all(EngineClosedError, closed, restart=False)
         out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        while self._waiting:
+            seq = self._waiting.popleft()
+            seq.done = True
+            out.setdefault(seq.loop, []).append((seq.queue, EngineClosedError(closed)))
         try:
             while True:
                 kind, seq = self._inbox.get_nowait()

@@ -42,6 +42,7 @@ class LiveSequence:
     # Completion tokens before which the sequence may not decode speculatively (backed off:
     # mlx_engine.py; max_tokens: never).
     speculate_after: int = 0
+    kv_waited: bool = False  # waited for room in the engine's KV budget (counted once)
     # time.time_ns() of its stages, for the last delta's `timings` (serving/engine/base.py)
     queued_ns: int = 0
     admitted_ns: int = 0

@@ -65,6 +65,11 @@ class _EngineCollector(Collector):
                 "prefix_cache_disk_limit_bytes",
             ),
             "model_memory_bytes": ("Resident bytes of a loaded model", "memory_bytes"),
+            "kv_cache_bytes": ("Bytes of the decode batch's KV cache", "kv_cache_bytes"),
+            "kv_cache_limit_bytes": (
+                "Budget of the decode batch's KV cache (0: none)",
+                "kv_cache_limit_bytes",
+            ),
             "speculative_acceptance_rate": (
                 "Accepted / drafted tokens of speculative decoding",
                 "speculative_acceptance_rate",
@@ -92,6 +97,10 @@ class _EngineCollector(Collector):
             "prefix_cache_disk_hits": (
                 "Prompts whose cached prefix was read from disk",
                 "prefix_cache_disk_hits",
+            ),
+            "kv_cache_waits": (
+                "Sequences that waited for room in the KV cache budget",
+                "kv_cache_waits_total",
             ),
             "speculative_steps": ("Speculative verify forwards", "speculative_steps"),
             "speculative_draft_tokens": (
