@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from flows.bench.server import launch, serve_argv, tail
+from tests.flows.conftest import prefect_harness  # noqa: F401 (session fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "serving" / "dashboard"
@@ -87,10 +88,16 @@ def _index_samples(url: str, key: str) -> None:
 
 
 @pytest.mark.slow
-def test_dashboard_end_to_end(tmp_path: Path, ready_models_dir: Path) -> None:
+def test_dashboard_end_to_end(
+    tmp_path: Path,
+    ready_models_dir: Path,
+    prefect_harness: None,  # noqa: F811
+) -> None:
     reason = _missing()
     if reason:
         pytest.skip(reason)
+    from prefect.settings import PREFECT_API_URL
+
     data_dir = tmp_path / "state"
     data_dir.mkdir()
     (data_dir / "models").symlink_to(ready_models_dir, target_is_directory=True)
@@ -100,6 +107,9 @@ def test_dashboard_end_to_end(tmp_path: Path, ready_models_dir: Path) -> None:
         "IMPETUS_LOG__LEVEL": "warning",
         # The admin key drives the whole suite: well past the default 60 requests a minute.
         "IMPETUS_RATE_LIMITS__ENABLED": "false",
+        # The index run goes to the session's Prefect harness, not to a child server of its own
+        # (the server's own child is tested in tests/flows/test_shutdown.py).
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
     }
     admin = json.loads(
         _impetus(["keys", "create", "--name", "e2e-admin", "--role", "admin", "--json"], env)
