@@ -269,7 +269,7 @@ async def client_loop(i: int, server: Server, plan: LoadPlan, rec: Record, until
     mix = [(r, w) for r, w in MIX if not plan.only or r in plan.only]
     routes, weights = zip(*mix, strict=True)
     timeout = httpx.Timeout(plan.request_timeout_s, connect=10.0)
-    async with httpx.AsyncClient(timeout=timeout, headers=server.headers) as client:
+    async with httpx.AsyncClient(timeout=timeout, headers=server.headers, limits=LIMITS) as client:
         await asyncio.sleep(rng.uniform(0, min(5.0, plan.seconds / 10)))  # no thundering start
         while time.monotonic() < until:
             if kind == "bad" and rng.random() < 0.5:
@@ -279,6 +279,13 @@ async def client_loop(i: int, server: Server, plan: LoadPlan, rec: Record, until
                 cut = kind == "cutter" and route in STREAMED and rng.random() < 0.5
                 await call(client, server, route, plan, rec, rng, cut=cut)
             await asyncio.sleep(rng.uniform(0, plan.think_s))
+
+
+# A client drops a connection idle for more than 1 s: shorter than the server's keep-alive
+# (serve.keepalive_s, 5 s), as clients should. httpx's default is 5 s too, and a request sent on a
+# connection idle for just 5 s (the sampler's period) can meet the server closing it: "Server
+# disconnected without sending a response" (once in the 30-minute soak of 2026-12-04).
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=1.0)
 
 
 # -- the sampler --------------------------------------------------------------------------------
@@ -315,7 +322,7 @@ async def sampler(server: Server, plan: LoadPlan, rec: Record) -> None:
 
     proc = psutil.Process(server.proc.pid)
     rng = random.Random(plan.seed)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=LIMITS) as client:
         while True:
             due = time.monotonic() + plan.sample_s
             s: dict[str, float] = {"t": rec.now()}
@@ -375,7 +382,8 @@ async def prime(server: Server, plan: LoadPlan, rec: Record) -> None:
     RSS keeps the high-water mark of the batch's KV buffers, so the warm-up must reach it, or a
     short run's first full batch of long prompts reads as growth."""
     rng = random.Random(plan.seed)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(plan.request_timeout_s)) as client:
+    timeout = httpx.Timeout(plan.request_timeout_s)
+    async with httpx.AsyncClient(timeout=timeout, limits=LIMITS) as client:
         await asyncio.gather(
             *(call(client, server, "rag_chat", plan, rec, rng) for _ in range(PRIME_BATCH))
         )
