@@ -127,7 +127,7 @@ def bench_soak(cfg: SoakConfig | None = None) -> BenchResult:
         only=cfg.only,
     )  # fmt: skip
     load_start = os.getloadavg()
-    env = {"IMPETUS_AUTH__MODE": "off"}
+    env: dict[str, Any] = {"IMPETUS_AUTH__MODE": "off"}
     if cfg.kv_cache_mb:
         env["IMPETUS_SERVE__KV_CACHE_BYTES"] = str(cfg.kv_cache_mb << 20)
     kv_cache_bytes = cfg.kv_cache_mb << 20 or settings.serve.kv_cache_bytes

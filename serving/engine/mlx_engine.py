@@ -1037,9 +1037,9 @@ class MLXEngine:
         self._fail_all(EngineClosedError, closed, restart=False)
         out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         while self._waiting:
-            seq = self._waiting.popleft()
-            seq.done = True
-            out.setdefault(seq.loop, []).append((seq.queue, EngineClosedError(closed)))
+            waiting = self._waiting.popleft()
+            waiting.done = True
+            out.setdefault(waiting.loop, []).append((waiting.queue, EngineClosedError(closed)))
         try:
             while True:
                 kind, seq = self._inbox.get_nowait()
