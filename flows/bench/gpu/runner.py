@@ -317,6 +317,9 @@ def impetus_server(run: Run, name: str, top: int) -> AbstractContextManager[Serv
         IMPETUS_MODELS__LLM=name,
         IMPETUS_SERVE__MAX_BATCH_SIZE=str(top),
         IMPETUS_SERVE__QUEUE_LIMIT=str(2 * top),
+        # No KV budget: the bare BatchGenerator loop it is compared with has none (at 128 streams
+        # the 1B model's batch takes ~2 GB, past the 1 GiB default).
+        IMPETUS_SERVE__KV_CACHE_BYTES="0",
     )
     argv = [sys.executable, "-m", "flows.bench.gpu.profile", "--port", str(port)]
     return launch(
