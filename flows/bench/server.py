@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -140,6 +140,26 @@ def cpu_seconds(pid: int) -> float:
     for part in clock.split(":"):  # [[hh:]mm:]ss[.ff]
         seconds = seconds * 60 + float(part)
     return seconds + 86400 * int(days or 0)
+
+
+def run_probe(
+    settings: Settings, module: str, command: str, args: dict[str, Any], timeout_s: float
+) -> Any:
+    """`python -m MODULE COMMAND ARGS_JSON` in the bench environment; its last stdout line, as
+    JSON (a probe measures in a process of its own, so the bench's imports and threads are not
+    in its figures)."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-m", module, command, json.dumps(args)],
+        env=bench_env(settings),
+        capture_output=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"the {command} probe failed:\n{out.stderr.decode()[-3000:]}")
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
 
 def bench_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -47,7 +47,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.bench.load import Burst, burst, stream_request
 from flows.bench.prompts import TOPICS, prompts
 from flows.bench.results import BenchResult, percentile, split_by_prefix
-from flows.bench.server import Server, bench_env, impetus_serve, mlx_lm_server
+from flows.bench.server import Server, bench_env, impetus_serve, mlx_lm_server, run_probe
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -230,16 +230,7 @@ def decode_speed(settings: Settings, model_path: Path, cfg: BenchConfig) -> dict
         "max_tokens": max(cfg.max_tokens, 64),
         "runs": cfg.decode_runs,
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "flows.bench.serving", "decode", json.dumps(args)],
-        env=bench_env(settings),
-        capture_output=True,
-        timeout=1800,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"the decode probe failed:\n{out.stderr.decode()[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    result: dict[str, Any] = run_probe(settings, "flows.bench.serving", "decode", args, 1800)
     return result
 
 

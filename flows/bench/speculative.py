@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -167,7 +166,7 @@ def bench_speculative(cfg: SpecBenchConfig | None = None) -> BenchResult:
     import os
 
     from flows.bench.results import machine
-    from flows.bench.server import bench_env
+    from flows.bench.server import run_probe
     from flows.bench.tracking import log_bench
     from pipelines.models.store import ModelStore
     from pipelines.settings import get_settings
@@ -176,16 +175,7 @@ def bench_speculative(cfg: SpecBenchConfig | None = None) -> BenchResult:
     settings = get_settings()
     model_path = ModelStore(settings.models_dir).resolve(settings.models.llm)
     args = {"model": settings.models.llm, "path": str(model_path), "cfg": asdict(cfg)}
-    out = subprocess.run(
-        [sys.executable, "-m", "flows.bench.speculative", "probe", json.dumps(args)],
-        env=bench_env(settings),
-        capture_output=True,
-        timeout=3600,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"the speculative probe failed:\n{out.stderr.decode()[-3000:]}")
-    metrics: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    metrics: dict[str, float] = run_probe(settings, "flows.bench.speculative", "probe", args, 3600)
     metrics["load_avg_1m"] = os.getloadavg()[0]
     params = {**asdict(cfg), "model": settings.models.llm, **machine()}
     result = BenchResult(
