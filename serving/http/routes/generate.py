@@ -183,8 +183,12 @@ async def chat_completions(
 
     call_streams = [tools.stream_for(tool_plan) for _ in range(body.n)]
     splitters = [reasoning.ReasoningSplitter(think) if think else None for _ in range(body.n)]
+    # A content delta without logprobs, the bulk of a stream: its event pre-encoded per choice.
+    content_events = [
+        sse.TextEvent(chunk(i, {"content": sse.TextEvent.placeholder})) for i in range(body.n)
+    ]
 
-    def chunks(i: int, delta: Delta) -> list[dict[str, Any]]:
+    def chunks(i: int, delta: Delta) -> list[dict[str, Any] | bytes]:
         splitter = splitters[i]
         if splitter is None:
             return text_chunks(i, delta, delta.text)
@@ -199,7 +203,7 @@ async def chat_completions(
         content = "".join(text for kind, text in pieces if kind == "content")
         return out + text_chunks(i, delta, content)
 
-    def text_chunks(i: int, delta: Delta, text: str) -> list[dict[str, Any]]:
+    def text_chunks(i: int, delta: Delta, text: str) -> list[dict[str, Any] | bytes]:
         calls = call_streams[i]
         if calls is not None:  # content and tool-call deltas, the way OpenAI streams them
             parts = calls.feed(text)
@@ -207,11 +211,12 @@ async def chat_completions(
                 return [chunk(i, part) for part in parts]
             parts += calls.finish()
             reason = "tool_calls" if calls.calls and delta.finish_reason == "stop" else None
-            return [chunk(i, p) for p in parts] + [
-                chunk(i, {}, finish_reason=reason or delta.finish_reason)
-            ]
-        out = []
-        if text or delta.logprobs:
+            last = chunk(i, {}, finish_reason=reason or delta.finish_reason)
+            return [*(chunk(i, p) for p in parts), last]
+        out: list[dict[str, Any] | bytes] = []
+        if text and not (body.logprobs and delta.logprobs):
+            out.append(content_events[i](text))
+        elif text or delta.logprobs:
             lps = (
                 _chat_logprobs(delta.logprobs).model_dump(mode="json")
                 if body.logprobs and delta.logprobs
