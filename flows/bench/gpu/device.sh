@@ -15,6 +15,10 @@ if [ ! -f "$site/.installed" ]; then
   cat /tmp/impetus-gpu-parts/mlx_cuda_13.tar.xz.* "$dest"/b/mlx_cuda_13.tar.xz.* | xz -d | tar -C "$site" -xf -
   touch "$site/.installed"
 fi
+weights="$dest/b/smollm2/model.safetensors"
+if [ ! -f "$weights" ] && ls /tmp/impetus-gpu-parts/model.safetensors.* >/dev/null 2>&1; then
+  cat /tmp/impetus-gpu-parts/model.safetensors.* > "$weights"  # SmolLM2's real weights (stage.sh)
+fi
 export PYTHONPATH="$site" PYTHONUNBUFFERED=1
 cd "$dest/b/src"
 python3 -c 'import mlx.core as mx; print("mlx", mx.__version__, mx.default_device())'

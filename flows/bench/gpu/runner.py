@@ -306,8 +306,11 @@ def http_level(
     return cell
 
 
-def impetus_server(run: Run, name: str, top: int) -> AbstractContextManager[Server]:
-    """The real app and engine (profile.py) on this model, batching up to `top` streams."""
+def impetus_server(
+    run: Run, name: str, top: int, tag: str = "", **extra: str
+) -> AbstractContextManager[Server]:
+    """The real app and engine (profile.py) on this model, batching up to `top` streams; `extra`
+    environment on top (a data_dir, the prefix cache's caps)."""
     from flows.bench.server import bench_env
     from pipelines.settings import get_settings
 
@@ -320,11 +323,12 @@ def impetus_server(run: Run, name: str, top: int) -> AbstractContextManager[Serv
         # No KV budget: the bare BatchGenerator loop it is compared with has none (at 128 streams
         # the 1B model's batch takes ~2 GB, past the 1 GiB default).
         IMPETUS_SERVE__KV_CACHE_BYTES="0",
+        **extra,
     )
     argv = [sys.executable, "-m", "flows.bench.gpu.profile", "--port", str(port)]
     return launch(
-        f"impetus-{name}", argv, env, port=port, model=name, log_dir=run.out, timeout_s=START_TIMEOUT_S,
-        grace_s=20,
+        f"impetus-{name}{tag}", argv, env, port=port, model=name, log_dir=run.out,
+        timeout_s=START_TIMEOUT_S, grace_s=20,
     )  # fmt: skip
 
 
@@ -431,6 +435,75 @@ def over_http(
         run.save()
 
 
+# -- speculative decoding and the agent loop (real weights) ---------------------------------------
+
+
+def speculative(folder: Path, name: str) -> dict[str, Any]:
+    """`impetus bench speculative`'s measurement (flows/bench/speculative_probe.py) in this
+    process: one engine, chat and RAG prompts single-stream with speculation off then on, and
+    16 streams off vs on."""
+    from dataclasses import asdict
+
+    from flows.bench.speculative_probe import SpecBenchConfig, probe
+
+    return probe({"model": name, "path": str(folder), "cfg": asdict(SpecBenchConfig())})
+
+
+def agent_loop(run: Run, name: str, turns: int, history: int) -> dict[str, Any]:
+    """`impetus bench agent-loop`'s conversation (flows/bench/agent_turns.py) against Impetus on a
+    data_dir of its own: `turns` turns, a restart, one more turn; TTFT of each, cache bytes."""
+    import shutil
+
+    from flows.bench.agent_turns import AgentLoopConfig, Conversation, agent_metrics, play_turns
+    from pipelines.settings import get_settings
+
+    args = run.args
+    cfg = AgentLoopConfig(
+        turns=turns, history=history, memory_bytes=args.agent_memory_mb << 20,
+        disk_bytes=args.agent_disk_mb << 20,
+    )  # fmt: skip
+    state = Path(args.work) / f"agent-{turns}-{time.strftime('%H%M%S')}"
+    state.mkdir(parents=True)
+    (state / "models").symlink_to(get_settings().models_dir.resolve(), target_is_directory=True)
+    folder = state / "prefix-cache"
+    env = {
+        "IMPETUS_DATA_DIR": str(state),
+        "IMPETUS_SERVE__PREFIX_CACHE_BYTES": str(cfg.memory_bytes),
+        "IMPETUS_SERVE__PREFIX_CACHE_DISK_BYTES": str(cfg.disk_bytes),
+    }
+    conv = Conversation(cfg)
+    with impetus_server(run, name, 8, f"-agent{turns}", **env) as server:
+        played = play_turns(server, conv, cfg.turns, folder)
+    with impetus_server(run, name, 8, f"-agent{turns}-restarted", **env) as server:
+        (restarted,) = play_turns(server, conv, 1, folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    out: dict[str, Any] = {**agent_metrics(played, restarted, cfg), "history": history}
+    out["turns"] = [
+        {"ttft_ms": t.ttft_ms, "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens,
+         **caches}
+        for t, caches in [*played, restarted]
+    ]  # fmt: skip
+    return out
+
+
+def real_weights_cells(run: Run) -> None:
+    """Speculative decoding and the agent loop on SmolLM2's real weights, when they came along
+    (random weights never repeat the prompt, so drafts from it would measure nothing)."""
+    args = run.args
+    smollm2 = Path(args.smollm2)
+    if not (smollm2 / "model.safetensors").is_file():
+        run.results["errors"].append("speculative/agent: SmolLM2's weights are not there")
+        return
+    register("smollm2", smollm2)
+    if args.speculative:
+        run.cell("smollm2", "speculative", 1, partial(speculative, smollm2, "smollm2"))
+    for turns, history in ((args.agent_turns, 50), (args.agent_long_turns, 8)):
+        if turns:
+            run.cell(
+                "smollm2", f"agent-{turns}", 1, partial(agent_loop, run, "smollm2", turns, history)
+            )
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x]
@@ -449,6 +522,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--deadline-s", type=float, default=480.0)
     p.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s")
     p.add_argument("--tiny", action="store_true", help="a few-MB Llama instead of the 1B one")
+    p.add_argument("--speculative", action="store_true", help="speculative decoding, SmolLM2")
+    p.add_argument("--agent-turns", type=int, default=0, help="agent loop, growing history")
+    p.add_argument("--agent-long-turns", type=int, default=0, help="agent loop, last 8 exchanges")
+    p.add_argument("--agent-memory-mb", type=int, default=256)
+    p.add_argument("--agent-disk-mb", type=int, default=1024)
     args = p.parse_args(argv)
     args.sides = args.sides.split(",")
     return args
@@ -461,6 +539,8 @@ def main(argv: list[str]) -> None:
     run = Run(args)
     known = specs(args.tiny)
     names = args.models.split(",") if args.models else list(known)
+    if args.models == "none":
+        names = []
     for name in names:
         if not run.time_left():
             run.results["skipped"].append(name)
@@ -469,6 +549,9 @@ def main(argv: list[str]) -> None:
             bench_model(run, known[name])
         except Exception as exc:
             run.results["errors"].append(f"{name}: {type(exc).__name__}: {exc}"[:3000])
+        run.save()
+    if args.speculative or args.agent_turns or args.agent_long_turns:
+        real_weights_cells(run)
         run.save()
     print(json.dumps({k: run.results[k] for k in ("skipped", "errors", "elapsed_s")}), flush=True)
 

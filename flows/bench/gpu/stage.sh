@@ -5,8 +5,9 @@
 # .git/info/exclude; the tool's `carry` names each). The CUDA wheel's tar.xz is split between them.
 #
 #   flows/bench/gpu/stage.sh DEST      # e.g. /work/main/.gpubench
-# Then, on the device (from the checkout root there), one call carrying DEST/a, and while that
-# machine is still warm a second one carrying DEST/b:
+# Then, on the device (from the checkout root there), one call carrying DEST/a (then DEST/w1 and
+# DEST/w2 for SmolLM2's weights, the same way), and while that machine is still warm one carrying DEST/b:
+#   mkdir -p /tmp/impetus-gpu-parts && cp DEST/a/* /tmp/impetus-gpu-parts/     # a, w1, w2
 #   bash DEST/b/src/flows/bench/gpu/device.sh DEST [runner arguments...]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../.." && pwd)"
@@ -19,8 +20,15 @@ mv "$dest/b/mlx_cuda_13.tar.xz.aa" "$dest/a/"
 cp "$root"/.whl/*.whl "$dest/b/"
 # Tracked and new files as they are in the working tree (dashboard sources stay behind).
 (cd "$root" && git ls-files -z --cached --others --exclude-standard flows serving/__init__.py serving/engine serving/http \
-   serving/services serving/tracing.py pipelines configs | grep -zv '^serving/dashboard' \
+   serving/services serving/tracing.py pipelines configs data/samples | grep -zv '^serving/dashboard' \
    | xargs -0 cp --parents -t "$dest/b/src")
 models="$root/data/state/models/smollm2-135m-instruct"
 cp "$models"/{config.json,tokenizer.json,tokenizer_config.json} "$dest/b/smollm2/"
-du -sh "$dest/a" "$dest/b"
+# SmolLM2's real weights (110 MB; speculative decoding and the agent loop need them) in parts of
+# their own folders, DEST/w1, DEST/w2: each carried like DEST/a, before the call that runs.
+mkdir -p "$dest/w"
+split -b 56M "$models/model.safetensors" "$dest/w/model.safetensors."
+i=1
+for part in "$dest"/w/model.safetensors.*; do mkdir -p "$dest/w$i"; mv "$part" "$dest/w$i/"; i=$((i + 1)); done
+rmdir "$dest/w"
+du -sh "$dest"/*
