@@ -28,7 +28,8 @@ from flows.bench.serving import EXPERIMENT
 from pipelines.errors import ImpetusError
 
 YARDSTICK = "llama1b-bf16"
-SIDES = ("bare", "impetus", "mlx_lm")
+# impetus_nospec: speculation off (few streams); impetus_si: a 0.5 ms GIL switch interval
+SIDES = ("bare", "impetus", "impetus_nospec", "impetus_si", "mlx_lm")
 CELL_METRICS = (
     "tps", "stream_tps_p50", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "itl_p95_ms", "failed",
     "bw_fraction", "gen_step_ms", "forward_ms", "sampling_ms",
@@ -57,7 +58,14 @@ def key(cell: dict[str, Any]) -> str:
 
 
 def cell_metrics(cell: dict[str, Any]) -> dict[str, float]:
-    """A cell's numbers (its engine profile's under `prof_`)."""
+    """A cell's numbers (its engine profile's under `prof_`; a speculative, agent-loop or shape
+    probe cell's own scalars, the shape probe's lists as medians)."""
+    if cell["side"] == "speculative" or cell["side"].startswith("agent-"):
+        return {
+            k: float(v) for k, v in cell.items() if isinstance(v, int | float) and k != "streams"
+        }
+    if cell["side"] == "shape-probe":
+        return {k: _median(cell[k]) for k in ("fresh_shape_ms", "seen_shape_ms")}
     out = {m: float(cell[m]) for m in CELL_METRICS if m in cell}
     prof = cell.get("profile") or {}
     out.update({f"prof_{m}": float(prof[m]) for m in PROFILE_METRICS if m in prof})
@@ -123,7 +131,10 @@ def render_table(results: dict[str, Any]) -> str:
         for name, k, target in GOAL_ROWS
     ]
     columns = [("goal", "goal", "s"), ("value", "measured", "s"), ("target", "target", "s")]
-    parts = [f"Goals on {YARDSTICK} (tok/s ratios measured in one run)\n", markdown(rows, columns)]
+    parts = []
+    if any(c["side"] in SIDES for c in results["cells"]):
+        parts += [f"Goals on {YARDSTICK} (tok/s ratios measured in one run)\n"]
+        parts.append(markdown(rows, columns))
     for model, info in results["models"].items():
         weights = "real weights" if info.get("real_weights") else "random weights"
         parts.append(
@@ -131,7 +142,11 @@ def render_table(results: dict[str, Any]) -> str:
             f"{info['prompt_tokens_mean']:.0f}-token prompts)\n"
         )
         parts.append(markdown(model_rows(results, model), CELL_COLUMNS))
-    parts.append("\n" + render_profile(results))
+    if any(c.get("profile") and c["side"] == "impetus" for c in results["cells"]):
+        parts.append("\n" + render_profile(results))
+    extras = render_extras(results)
+    if extras:
+        parts.append("\n" + extras)
     return "\n".join(parts)
 
 
@@ -156,6 +171,83 @@ def model_rows(results: dict[str, Any], model: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _median(xs: list[float]) -> float:
+    import statistics
+
+    return float(statistics.median(xs))
+
+
+SPEC_COLUMNS = [
+    ("kind", "greedy, 6 prompts each", "s"), ("off", "off tok/s", ".1f"),
+    ("auto", "auto tok/s", ".1f"), ("ratio", "auto / off (pooled; median of pairs)", "s"),
+    ("acceptance", "acceptance", ".2f"), ("per_step", "tokens per step", ".2f"),
+    ("differ", "outputs differ", ".0f"),
+]  # fmt: skip
+AGENT_COLUMNS = [
+    ("model", "model", "s"), ("turns", "turns (history kept)", "s"),
+    ("cold", "turn 1 cold TTFT, ms", ".0f"), ("warm", "turns 2–N TTFT p50 / max, ms", "s"),
+    ("warm_ratio", "p50 ÷ cold (≤ 0.2×)", ".2f"), ("restart", "after restart, ms", ".0f"),
+    ("restart_ratio", "÷ cold (≤ 0.3×)", ".2f"), ("memory", "memory tier max / cap, MiB", "s"),
+    ("disk", "disk tier max / folder / cap, MiB", "s"),
+]  # fmt: skip
+
+
+def render_extras(results: dict[str, Any]) -> str:
+    """Speculative decoding, the agent loop and the shape probe, where the run has them."""
+    parts = []
+    for c in results["cells"]:
+        if c["side"] != "speculative":
+            continue
+        rows = [
+            {
+                "kind": f"{label}, {c['model']}",
+                "off": c[f"{k}_tps_off"],
+                "auto": c[f"{k}_tps_auto"],
+                "ratio": f"{c[f'{k}_speedup']:.2f}× ({c[f'{k}_speedup_median']:.2f}×)",
+                "acceptance": c[f"{k}_acceptance"],
+                "per_step": c[f"{k}_tokens_per_step"],
+                "differ": c[f"{k}_greedy_mismatches"],
+            }
+            for k, label in (("chat", "chat, single stream"), ("rag", "RAG, single stream"))
+        ]
+        rows.append({
+            "kind": "16 streams, aggregate", "off": c["streams_tps_off"],
+            "auto": c["streams_tps_auto"], "ratio": f"{c['streams_ratio']:.2f}×",
+        })  # fmt: skip
+        parts += [
+            "Speculative decoding (prompt lookup), in process\n",
+            markdown(rows, SPEC_COLUMNS),
+        ]
+    mib = 1 / 2**20
+    agents = [
+        {
+            "model": c["model"],
+            "turns": f"{c['side'].removeprefix('agent-')} ({c.get('history', '')})",
+            "cold": c["cold_ttft_ms"],
+            "warm": f"{c['warm_ttft_p50_ms']:.0f} / {c['warm_ttft_max_ms']:.0f}",
+            "warm_ratio": c["warm_ratio"],
+            "restart": c["restart_ttft_ms"],
+            "restart_ratio": c["restart_ratio"],
+            "memory": f"{c['memory_bytes_max'] * mib:.0f} / {c['memory_cap_bytes'] * mib:.0f}",
+            "disk": f"{c['disk_bytes_max'] * mib:.0f} / {c['folder_bytes_max'] * mib:.0f} / "
+            f"{c['disk_cap_bytes'] * mib:.0f}",
+        }
+        for c in results["cells"]
+        if c["side"].startswith("agent-")
+    ]
+    if agents:
+        parts += ["\nAgent loop (streamed Chat Completions, prefix cache in memory and on disk)\n"]
+        parts.append(markdown(agents, AGENT_COLUMNS))
+    for c in results["cells"]:
+        if c["side"] == "shape-probe":
+            parts.append(
+                f"\nForward of {c['new_tokens']} tokens on a {c['context']}-token KV cache, "
+                f"{c['model']}: {_median(c['fresh_shape_ms']):.1f} ms on a cache length not seen "
+                f"before, {_median(c['seen_shape_ms']):.1f} ms on one seen (medians)"
+            )
+    return "\n".join(parts)
 
 
 def _failed(cell: dict[str, Any]) -> str:

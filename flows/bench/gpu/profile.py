@@ -87,6 +87,10 @@ class EngineProfile:
         self.steps: list[dict[str, float]] = []  # one per engine step
         self.lag: list[float] = []
         self.callback: list[float] = []
+        # per request: admitting it (prefix-cache fetch, joining the batch), and its stages
+        # from the last delta's SequenceTimings (queued → admitted → first token)
+        self.admit: list[float] = []
+        self.stages: list[tuple[float, float]] = []
         self._scheduled: deque[float] = deque()
         self._current: dict[str, float] | None = None
         self._cpu0: dict[str, float] = {}
@@ -99,6 +103,13 @@ class EngineProfile:
 
         engine = mlx_engine.MLXEngine
         step, on_token, deliver = engine._step, engine._on_token, engine._deliver
+        admit = engine._admit
+
+        def admit_(this: Any, seq: Any) -> None:
+            t = time.perf_counter()
+            admit(this, seq)
+            self.admit.append(time.perf_counter() - t)
+
         gen_next, put_all = GenerationBatch.next, mlx_engine._put_all
 
         def step_(this: Any) -> None:
@@ -130,12 +141,20 @@ class EngineProfile:
             t = time.perf_counter()
             if self._scheduled:
                 self.lag.append(t - self._scheduled.popleft())
+            for _, item in items:
+                timings = getattr(item, "timings", None)
+                if timings is not None:
+                    queued = (timings.admitted_ns - timings.queued_ns) / 1e6
+                    self.stages.append(
+                        (queued, (timings.first_token_ns - timings.admitted_ns) / 1e6)
+                    )
             put_all(items)
             self.callback.append(time.perf_counter() - t)
 
         engine._step = step_  # type: ignore[method-assign,assignment]
         engine._on_token = add("per_token", on_token)  # type: ignore[method-assign]
         engine._deliver = deliver_  # type: ignore[method-assign,assignment]
+        engine._admit = admit_  # type: ignore[method-assign,assignment]
         GenerationBatch.next = add("gen_step", gen_next)  # type: ignore[method-assign]
         mlx_engine._put_all = put_all_
         self.reset()
@@ -144,6 +163,8 @@ class EngineProfile:
         self.steps.clear()
         self.lag.clear()
         self.callback.clear()
+        self.admit.clear()
+        self.stages.clear()
         self._cpu0 = thread_cpu_s()
         self._t0 = time.perf_counter()
 
@@ -158,6 +179,9 @@ class EngineProfile:
         out["loop_lag_ms"] = percentile([x * 1000 for x in self.lag], 50)
         out["loop_lag_p95_ms"] = percentile([x * 1000 for x in self.lag], 95)
         out["loop_callback_ms"] = percentile([x * 1000 for x in self.callback], 50)
+        out["admit_ms"] = [round(x * 1000, 2) for x in self.admit]  # every request's, in order
+        out["queued_to_admitted_ms"] = [round(q, 2) for q, _ in self.stages]
+        out["admitted_to_first_token_ms"] = [round(f, 2) for _, f in self.stages]
         cpu = thread_cpu_s()
         out["wall_s"] = time.perf_counter() - self._t0
         out["thread_cpu_s"] = {k: v - self._cpu0.get(k, 0.0) for k, v in cpu.items()}
@@ -175,6 +199,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     port = parser.parse_args().port
+    # An experiment (runner.py's impetus_si side): how long a thread that wants the GIL waits
+    # for the one holding it (CPython's default is 5 ms), the event loop and the engine sharing it.
+    switch_ms = os.environ.get("IMPETUS_BENCH_SWITCH_INTERVAL_MS")
+    if switch_ms:
+        import sys
+
+        sys.setswitchinterval(float(switch_ms) / 1000)
     profile = EngineProfile()
     profile.install()
 

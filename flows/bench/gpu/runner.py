@@ -381,6 +381,21 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
     sides = {
         "impetus": (lambda: impetus_server(run, spec.name, max(levels)), levels),
         "mlx_lm": (lambda: mlx_lm_server(run, spec.name, folder, max(args.levels)), args.levels),
+        # Impetus with prompt-lookup speculation off, at few streams (where it may go solo):
+        # random weights never repeat the prompt, so "auto" can only cost there.
+        "impetus_nospec": (
+            lambda: impetus_server(
+                run, spec.name, max(levels), "-nospec", IMPETUS_SERVE__SPECULATIVE="off"
+            ),
+            [b for b in levels if b <= 4],
+        ),
+        # Impetus with a 0.5 ms GIL switch interval (profile.py), at many streams.
+        "impetus_si": (
+            lambda: impetus_server(
+                run, spec.name, max(levels), "-si", IMPETUS_BENCH_SWITCH_INTERVAL_MS="0.5"
+            ),
+            [b for b in levels if b >= 16],
+        ),
     }
     for side, (start, side_levels) in sides.items():
         if side in args.sides and run.time_left():
@@ -428,7 +443,7 @@ def over_http(
         with start() as server:
             run.results["models"][name][f"{side}_ready_s"] = server.ready_s
             for b in levels:
-                measure = partial(http_level, server, b, run.args, side == "impetus")
+                measure = partial(http_level, server, b, run.args, side.startswith("impetus"))
                 run.cell(name, side, b, measure)
     except Exception as exc:
         run.results["errors"].append(f"{name}/{side}: {type(exc).__name__}: {exc}"[:3000])
@@ -446,7 +461,11 @@ def speculative(folder: Path, name: str) -> dict[str, Any]:
 
     from flows.bench.speculative_probe import SpecBenchConfig, probe
 
-    return probe({"model": name, "path": str(folder), "cfg": asdict(SpecBenchConfig())})
+    args = {"model": name, "path": str(folder), "cfg": asdict(SpecBenchConfig())}
+    # Once unmeasured: MLX's CUDA backend compiles kernels for every new shape, and a verify
+    # forward of k draft tokens is a new shape for each k (the first pass took ~100 s).
+    probe(args)
+    return probe(args)
 
 
 def agent_loop(run: Run, name: str, turns: int, history: int) -> dict[str, Any]:
@@ -472,12 +491,18 @@ def agent_loop(run: Run, name: str, turns: int, history: int) -> dict[str, Any]:
         "IMPETUS_SERVE__PREFIX_CACHE_DISK_BYTES": str(cfg.disk_bytes),
     }
     conv = Conversation(cfg)
+    profiles = []
     with impetus_server(run, name, 8, f"-agent{turns}", **env) as server:
         played = play_turns(server, conv, cfg.turns, folder)
+        profiles.append(httpx.post(server.url + "/bench/profile", timeout=30).json())
     with impetus_server(run, name, 8, f"-agent{turns}-restarted", **env) as server:
         (restarted,) = play_turns(server, conv, 1, folder)
+        profiles.append(httpx.post(server.url + "/bench/profile", timeout=30).json())
     shutil.rmtree(folder, ignore_errors=True)
     out: dict[str, Any] = {**agent_metrics(played, restarted, cfg), "history": history}
+    # the engine's side of each turn's TTFT (profile.py): admit, queued → admitted → first token
+    keys = ("admit_ms", "queued_to_admitted_ms", "admitted_to_first_token_ms")
+    out["engine"] = [{k: p.get(k) for k in keys} for p in profiles]
     out["turns"] = [
         {"ttft_ms": t.ttft_ms, "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens,
          **caches}
@@ -486,22 +511,52 @@ def agent_loop(run: Run, name: str, turns: int, history: int) -> dict[str, Any]:
     return out
 
 
-def real_weights_cells(run: Run) -> None:
-    """Speculative decoding and the agent loop on SmolLM2's real weights, when they came along
-    (random weights never repeat the prompt, so drafts from it would measure nothing)."""
+def shape_probe(folder: Path, context: int = 2400, new: int = 40, turns: int = 8) -> dict[str, Any]:
+    """A turn of the agent loop, forward only: `new` tokens on a KV cache of `context` tokens,
+    on a cache one turn longer every time (a shape not seen before, as each agent turn is) and
+    again on the same length (a shape seen); ms per forward, evaluated."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+    from pipelines.models.loading import load_llm
+
+    model, _ = load_llm(folder)
+    cache = make_prompt_cache(model)
+    ids = [100 + i % 1000 for i in range(context)]
+    for i in range(0, context, 512):
+        mx.eval(model(mx.array([ids[i : i + 512]]), cache=cache))
+    chunk = mx.array([[7 + i for i in range(new)]])
+    fresh, seen = [], []
+    for _ in range(turns):
+        t = time.perf_counter()
+        mx.eval(model(chunk, cache=cache))  # the cache is `new` tokens longer than ever before
+        fresh.append((time.perf_counter() - t) * 1000)
+        for _ in range(2):  # the same lengths again
+            trim_prompt_cache(cache, new)
+            t = time.perf_counter()
+            mx.eval(model(chunk, cache=cache))
+            seen.append((time.perf_counter() - t) * 1000)
+    return {"context": context, "new_tokens": new, "fresh_shape_ms": fresh, "seen_shape_ms": seen}
+
+
+def extra_cells(run: Run, known: dict[str, ModelSpec]) -> None:
+    """Speculative decoding on SmolLM2's real weights, when they came along (random weights
+    never repeat the prompt, so drafts from it would measure nothing), and the agent loop on
+    `--agent-model` (SmolLM2's real weights, or a random-weights model: TTFT does not depend on
+    the values)."""
     args = run.args
     smollm2 = Path(args.smollm2)
-    if not (smollm2 / "model.safetensors").is_file():
-        run.results["errors"].append("speculative/agent: SmolLM2's weights are not there")
-        return
-    register("smollm2", smollm2)
-    if args.speculative:
+    real = (smollm2 / "model.safetensors").is_file()
+    if args.speculative and not real:
+        run.results["errors"].append("speculative: SmolLM2's weights are not there")
+    elif args.speculative:
+        register("smollm2", smollm2)
         run.cell("smollm2", "speculative", 1, partial(speculative, smollm2, "smollm2"))
+    name = args.agent_model
     for turns, history in ((args.agent_turns, 50), (args.agent_long_turns, 8)):
         if turns:
-            run.cell(
-                "smollm2", f"agent-{turns}", 1, partial(agent_loop, run, "smollm2", turns, history)
-            )
+            register(name, make_folder(known[name], smollm2, Path(args.work) / "models"))
+            run.cell(name, f"agent-{turns}", 1, partial(agent_loop, run, name, turns, history))
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -525,8 +580,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--speculative", action="store_true", help="speculative decoding, SmolLM2")
     p.add_argument("--agent-turns", type=int, default=0, help="agent loop, growing history")
     p.add_argument("--agent-long-turns", type=int, default=0, help="agent loop, last 8 exchanges")
+    p.add_argument("--agent-model", default="smollm2", help="the agent loop's model")
     p.add_argument("--agent-memory-mb", type=int, default=256)
     p.add_argument("--agent-disk-mb", type=int, default=1024)
+    p.add_argument("--shape-probe", action="store_true", help="forward time, new vs seen shapes")
     args = p.parse_args(argv)
     args.sides = args.sides.split(",")
     return args
@@ -550,8 +607,12 @@ def main(argv: list[str]) -> None:
         except Exception as exc:
             run.results["errors"].append(f"{name}: {type(exc).__name__}: {exc}"[:3000])
         run.save()
+    if args.shape_probe:
+        smollm2 = make_folder(known["smollm2"], Path(args.smollm2), Path(args.work) / "models")
+        run.cell("smollm2", "shape-probe", 1, partial(shape_probe, smollm2))
+        run.save()
     if args.speculative or args.agent_turns or args.agent_long_turns:
-        real_weights_cells(run)
+        extra_cells(run, known)
         run.save()
     print(json.dumps({k: run.results[k] for k in ("skipped", "errors", "elapsed_s")}), flush=True)
 

@@ -18,6 +18,9 @@ pins=(
   fastapi==0.154.0 starlette==1.10.0 uvicorn==0.54.0 sse-starlette==3.7.0 h11==0.16.0
   anyio==4.16.0 annotated-doc==0.0.7 opentelemetry-api==1.45.2 importlib-metadata==9.1.0
   zipp==4.1.2 structlog==26.1.0 limits==5.8.0 deprecated==1.3.1 swagger-ui-bundle-v2==5.31.0
+  # tool schemas (serving/services/tools.py), for the agent loop's requests with tools
+  jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
+  attrs==26.1.0
 )
 download() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

@@ -26,6 +26,7 @@ def test_runner_results_log_as_an_mlflow_run(
     runner += ["--smollm2", str(ready_models_dir / "smollm2-135m-instruct")]
     runner += ["--work", str(tmp_path / "work"), "--sides", "bare,impetus", "--levels", "1"]
     runner += ["--forward-levels", "1", "--max-tokens", "4", "--rounds", "1"]
+    runner += ["--agent-model", "tiny-bf16", "--agent-turns", "1"]  # and one agent turn
     done = subprocess.run(
         [sys.executable, "-m", *runner],
         cwd=PROJECT_ROOT,
@@ -39,7 +40,15 @@ def test_runner_results_log_as_an_mlflow_run(
     results = json.loads((out / "results.json").read_text())
     assert results["errors"] == [] and results["skipped"] == []
     sides = {(c["side"], c["streams"]) for c in results["cells"]}
-    assert sides == {("bare", 1), ("forward", 1), ("impetus", 1)}
+    assert sides == {("bare", 1), ("forward", 1), ("impetus", 1), ("agent-1", 1)}
+    agent = next(c for c in results["cells"] if c["side"] == "agent-1")
+    # turn 1 cold, then after a restart turn 2 from the disk tier (the system prompt's checkpoint
+    # or the conversation's file), each with the engine's own view of its TTFT
+    assert agent["cold_prompt_tokens"] > 1000 and agent["restart_disk_hits"] == 1
+    assert agent["restart_cached_tokens"] > agent["cold_prompt_tokens"] // 2
+    assert agent["disk_bytes_max"] <= agent["disk_cap_bytes"]
+    # each server's requests: a warm-up, then the turn(s)
+    assert [len(e["admitted_to_first_token_ms"]) for e in agent["engine"]] == [2, 2]
     impetus = next(c for c in results["cells"] if c["side"] == "impetus")
     assert impetus["tokens"] == 4 and impetus["failed"] == 0 and impetus["bw_fraction"] > 0
     assert impetus["profile"]["rows"] == 1 and impetus["profile"]["step_ms"] > 0
@@ -53,6 +62,7 @@ def test_runner_results_log_as_an_mlflow_run(
     assert logged.returncode == 0, logged.stderr[-4000:]
     result = json.loads(logged.stdout[logged.stdout.index("{") :])
     assert "| impetus | 1 |" in result["table"] and "| bare | 1 |" in result["table"]
+    assert "| tiny-bf16 | 1 (50) |" in result["table"]  # the agent loop's row
 
     import mlflow
 
@@ -62,6 +72,7 @@ def test_runner_results_log_as_an_mlflow_run(
     m = run.data.metrics
     assert m["tiny-bf16_impetus_c1_tps"] == pytest.approx(impetus["tps"])
     assert m["tiny-bf16_impetus_c1_prof_step_ms"] > 0 and m["tiny-bf16_forward_c1_forward_ms"] > 0
+    assert m["tiny-bf16_agent-1_c1_cold_ttft_ms"] == pytest.approx(agent["cold_ttft_ms"])
 
 
 def test_results_files_merge_by_model(tmp_path: Path) -> None:
