@@ -99,6 +99,13 @@ class RayAppArgs(_Strict):
     default_model: str | None = None
     # Deltas produced within this many milliseconds of the previous message share one message.
     coalesce_ms: float = Field(default=5.0, ge=0)
+    # While a replica streams at least `coalesce_streams` sequences, a message after a sequence's
+    # first waits for `coalesce_tokens` deltas, holding none longer than `coalesce_hold_ms`: a
+    # decode step of a big batch takes far longer than `coalesce_ms`, and one message per token
+    # (twice: replica → ingress → Serve's proxy) costs the cores the decode needs. 0: never.
+    coalesce_streams: int = Field(default=4, ge=0)
+    coalesce_tokens: int = Field(default=4, ge=1)
+    coalesce_hold_ms: float = Field(default=400.0, ge=0)
     # Import paths ("module:attr") of the collaborators, for other engines and for tests:
     # `engine_factory(name, path) -> Engine`, `embedder_factory(settings, name) -> Embedder`
     # (None: MLX) and `store_factory(settings) -> ModelStore` (None: the registry in data_dir);
@@ -147,6 +154,9 @@ class LLMServer:
         engine_factory: str | None = None,
         store_factory: str | None = None,
         coalesce_ms: float = 5.0,
+        coalesce_streams: int = 0,
+        coalesce_tokens: int = 1,
+        coalesce_hold_ms: float = 0.0,
     ) -> None:
         from serving.engine.manager import mlx_engine_factory
 
@@ -157,6 +167,10 @@ class LLMServer:
             import_path(engine_factory) if engine_factory else mlx_engine_factory(s)
         )
         self._window_s = coalesce_ms / 1000
+        self._busy_streams = coalesce_streams
+        self._busy_items = coalesce_tokens
+        self._busy_hold_s = coalesce_hold_ms / 1000
+        self._streams = 0  # generate() calls in flight
         self._engine: Engine | None = None
         self._lock = asyncio.Lock()
         await self._ensure()  # the replica turns healthy once the model is loaded
@@ -193,10 +207,17 @@ class LLMServer:
     async def generate(
         self, request: GenerationRequest
     ) -> AsyncIterator[list[Delta] | RemoteError]:
+        self._streams += 1
         try:
             engine = await self._ensure()
             deltas = engine.generate(request)
-            async for batch in coalesce(deltas, self._window_s):
+            async for batch in coalesce(
+                deltas,
+                self._window_s,
+                busy=self._busy,
+                busy_items=self._busy_items,
+                busy_hold_s=self._busy_hold_s,
+            ):
                 yield batch
         except ImpetusError as exc:
             yield RemoteError(exc)
@@ -207,6 +228,11 @@ class LLMServer:
             yield RemoteError(
                 EngineError(f"Generation with {self.model!r} failed ({type(exc).__name__}).")
             )
+        finally:
+            self._streams -= 1
+
+    def _busy(self) -> bool:
+        return 0 < self._busy_streams <= self._streams
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         return (await self._ensure()).count_tokens(request)
@@ -370,7 +396,16 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     llms = {
         m.model: LLMServer.options(  # type: ignore[attr-defined]
             name=llm_deployment_name(m.model), **m.model_dump(exclude={"model"})
-        ).bind(m.model, cfg.settings, cfg.engine_factory, cfg.store_factory, cfg.coalesce_ms)
+        ).bind(
+            m.model,
+            cfg.settings,
+            cfg.engine_factory,
+            cfg.store_factory,
+            cfg.coalesce_ms,
+            cfg.coalesce_streams,
+            cfg.coalesce_tokens,
+            cfg.coalesce_hold_ms,
+        )
         for m in models
     }
     embedding = (

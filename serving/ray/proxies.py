@@ -92,12 +92,24 @@ class _Raised:
     exc: BaseException
 
 
-async def coalesce(source: AsyncIterator[T], window_s: float) -> AsyncIterator[list[T]]:
+async def coalesce(
+    source: AsyncIterator[T],
+    window_s: float,
+    *,
+    busy: Callable[[], bool] | None = None,
+    busy_items: int = 1,
+    busy_hold_s: float = 0.0,
+) -> AsyncIterator[list[T]]:
     """Batch `source`'s items: at most one batch per `window_s`, the first one at once.
 
     A batch goes out as soon as an item arrives if the previous batch left at least `window_s`
     ago (so a slow stream gets no added latency); otherwise it waits out the window and takes
     everything that arrived meanwhile. Closing the result closes `source` (cancels the sequence).
+
+    While `busy()` is true (the replica decodes many sequences at once, so a decode step takes far
+    longer than `window_s` and every item would cross Ray alone), a batch after the first waits
+    for `busy_items` items, holding none of them longer than `busy_hold_s`: fewer, larger messages
+    when the host's cores are what the streams share. The first item is never held.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -118,9 +130,25 @@ async def coalesce(source: AsyncIterator[T], window_s: float) -> AsyncIterator[l
     try:
         while True:
             batch = [await queue.get()]
-            wait = last_sent + window_s - loop.time()
-            if wait > 0 and not isinstance(batch[0], _End | _Raised):
-                await asyncio.sleep(wait)
+            held = last_sent > -float("inf") and busy_items > 1 and busy is not None and busy()
+            if held and not isinstance(batch[0], _End | _Raised):
+                deadline = loop.time() + busy_hold_s
+                while len(batch) < busy_items and not isinstance(batch[-1], _End | _Raised):
+                    while not queue.empty() and len(batch) < busy_items:
+                        batch.append(queue.get_nowait())
+                    remaining = deadline - loop.time()
+                    if len(batch) >= busy_items or remaining <= 0:
+                        break
+                    if isinstance(batch[-1], _End | _Raised):
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(queue.get(), remaining))
+                    except TimeoutError:
+                        break
+            else:
+                wait = last_sent + window_s - loop.time()
+                if wait > 0 and not isinstance(batch[0], _End | _Raised):
+                    await asyncio.sleep(wait)
             while not queue.empty():
                 batch.append(queue.get_nowait())
             items = [b for b in batch if not isinstance(b, _End | _Raised)]

@@ -72,6 +72,8 @@ def test_serve_yaml_builds_ingress_llm_and_embedding_deployments() -> None:
     # above queue_limit + max_batch_size: the engine's bounded queue decides, not Ray
     assert llm.max_ongoing_requests >= 1000
     assert "resources" not in llm.ray_actor_options  # default: no custom resources
+    # coalescing: the short window, and the busy replica's several steps per message
+    assert llm.init_args[4:] == (5, 4, 4, 400)
     assert embedding._bound_deployment.name == "EmbeddingServer"
 
 
@@ -125,6 +127,74 @@ def test_coalesce_sends_first_item_at_once_then_batches_bursts() -> None:
 def test_coalesce_adds_no_latency_to_a_slow_stream() -> None:
     out = asyncio.run(_timed(coalesce(_source([0.04] * 4), window_s=0.005)))
     assert [batch for _, batch in out] == [[0], [1], [2], [3]]
+
+
+def test_coalesce_while_busy_sends_several_steps_per_message_never_the_first_held() -> None:
+    # a slow stream (one item per 40 ms, a big batch's decode step) while the replica is busy:
+    # the first item at once, then messages of up to 3 items, none held past 100 ms
+    out = asyncio.run(
+        _timed(
+            coalesce(
+                _source([0.0] + [0.04] * 9),
+                window_s=0.005,
+                busy=lambda: True,
+                busy_items=3,
+                busy_hold_s=0.1,
+            )
+        )
+    )
+    assert out[0][1] == [0] and out[0][0] < 0.02
+    assert [i for _, batch in out for i in batch] == list(range(10))
+    assert [len(batch) for _, batch in out[1:]] == [3, 3, 3]
+    # a message leaves when its third item arrives: item 3 at 120 ms, 6 at 240 ms, 9 at 360 ms
+    assert all(abs(t - 0.04 * batch[-1]) < 0.03 for t, batch in out[1:])
+
+
+def test_coalesce_while_busy_holds_no_item_past_the_hold() -> None:
+    out = asyncio.run(
+        _timed(
+            coalesce(
+                _source([0.0, 0.01, 0.2, 0.2]),
+                window_s=0.005,
+                busy=lambda: True,
+                busy_items=4,
+                busy_hold_s=0.05,
+            )
+        )
+    )
+    assert [batch for _, batch in out] == [[0], [1], [2], [3]]
+    # item 1 arrives at 10 ms and leaves at the hold's end, not with item 2 at 210 ms
+    assert 0.05 <= out[1][0] < 0.12
+
+
+def test_coalesce_not_busy_keeps_the_short_window() -> None:
+    out = asyncio.run(
+        _timed(
+            coalesce(
+                _source([0.04] * 4),
+                window_s=0.005,
+                busy=lambda: False,
+                busy_items=4,
+                busy_hold_s=1.0,
+            )
+        )
+    )
+    assert [batch for _, batch in out] == [[0], [1], [2], [3]]
+
+
+def test_coalesce_while_busy_ends_without_waiting_out_the_hold() -> None:
+    async def run() -> float:
+        start = time.monotonic()
+        got = [
+            batch
+            async for batch in coalesce(
+                _source([0.0, 0.01]), window_s=0.005, busy=lambda: True, busy_items=8, busy_hold_s=5
+            )
+        ]
+        assert got == [[0], [1]]
+        return time.monotonic() - start
+
+    assert asyncio.run(run()) < 1.0
 
 
 def test_coalesce_delivers_items_then_raises_the_source_error() -> None:
