@@ -1,7 +1,8 @@
 """The serving bench on the GPU machine: writes OUT/results.json, after every cell.
 
-    python3 -m flows.bench.gpu.runner OUT --smollm2 DIR [--models M,..] [--levels 1,4,16,64]
+    python3 -m flows.bench.gpu.runner OUT --smollm2 DIR [--models M,..|none] [--levels 1,4,16,64]
         [--extra-levels 128] [--max-tokens 128] [--deadline-s S] [--tiny]
+        [--speculative] [--agent-turns N] [--agent-long-turns N] [--agent-model M] [--shape-probe]
 
 For each model (models.py: SmolLM2-135M, a 1B-shaped Llama in bf16 and 4-bit), on the same folder:
 1. a bare `BatchGenerator` loop in this process (mlx-lm's own continuous batching, no server);
@@ -21,6 +22,14 @@ to last token of each stream), TTFT and inter-token p50/p95 (gaps between stream
 piece is one token except where a detokenizer holds bytes back), failed requests, and the share
 of the memory-bandwidth limit: steps per second × bytes read per step (weights + every stream's
 KV cache at the mid-point of its answer, models.StepBytes) ÷ `--bandwidth` (4.8 TB/s, the H200's).
+
+After the models: `--speculative` runs `impetus bench speculative`'s measurement in this process on
+SmolLM2's real weights (when stage.sh brought them); `--agent-turns N` (growing history) and
+`--agent-long-turns N` (the last 8 exchanges) play `impetus bench agent-loop`'s conversation against
+the profiled server on `--agent-model`, restart it and play one more turn; `--shape-probe` times a
+40-token forward on a 2,400-token cache, on lengths new and seen. Two more `--sides` are
+experiments: `impetus_nospec` (speculation off, at 1-4 streams) and `impetus_si` (a 0.5 ms GIL
+switch interval, at 16+).
 """
 
 from __future__ import annotations
