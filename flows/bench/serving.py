@@ -19,7 +19,9 @@ data_dir/bench/models); on Metal both use the registry folder as it is.
   rounds' paired ratios;
 - TTFT of a request sharing a 1,500-token prefix with the one before it, prefix cache on vs off
   (goal ≤ 0.3×);
-- seconds from launching `impetus serve` to /api/health/live (goal < 10 s) and to ready.
+- seconds from launching `impetus serve` to /api/health/live (goal < 10 s) and to ready;
+- with `--ray`, `impetus serve --ray` (on a data_dir of its own) in the same rounds as the other
+  two, so that its ratio to in-process is paired too (goal ≥ 0.9× at 8 and 16 streams).
 
 Servers are started and stopped by flows/bench/server.py, loaded by flows/bench/load.py. One MLflow
 run per benchmark (experiment `serving-bench`, flows/bench/tracking.py) holds the metrics, the
@@ -29,6 +31,7 @@ machine's load average and the table, with a nested run per concurrency level.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -308,11 +311,23 @@ def bench_serving(cfg: BenchConfig | None = None) -> BenchResult:
 
     decode = decode_speed(settings, model_path, cfg)
     ref_path = reference_folder(settings, model_path)
-    with (
-        impetus_serve(settings, log_dir) as ours,
-        mlx_lm_server(settings, ref_path, log_dir) as ref,
-    ):
-        levels = concurrency_levels([ours, ref], cfg)
+    ray: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        ours = stack.enter_context(impetus_serve(settings, log_dir))
+        ref = stack.enter_context(mlx_lm_server(settings, ref_path, log_dir))
+        servers = [ours, ref]
+        if cfg.ray:  # in the same rounds as the others, on a data_dir of its own (stores, caches)
+            from flows.bench.agent_loop import bench_state
+
+            ray_settings = settings.model_copy(update={"data_dir": bench_state(settings, log_dir)})
+            rs = stack.enter_context(
+                impetus_serve(ray_settings, log_dir, ray=True, name="impetus-ray")
+            )
+            ray = {"live_s": rs.live_s, "ready_s": rs.ready_s}
+            servers.append(rs)
+        levels = concurrency_levels(servers, cfg)
+        if cfg.ray:
+            ray["levels"] = levels["impetus-ray"]
         seeds = range(100, 100 + cfg.prefix_reps)
         prefixes = [shared_prefix(model_path, cfg.prefix_tokens, seed) for seed in seeds]
         cache_on = prefix_ttft(ours, prefixes)
@@ -321,11 +336,6 @@ def bench_serving(cfg: BenchConfig | None = None) -> BenchResult:
         settings, log_dir, name="impetus-nocache", IMPETUS_SERVE__PREFIX_CACHE_BYTES="0"
     ) as nocache:
         cache_off = prefix_ttft(nocache, prefixes)
-    ray: dict[str, Any] = {}
-    if cfg.ray:
-        with impetus_serve(settings, log_dir, ray=True, name="impetus-ray") as rs:
-            ray = {"live_s": rs.live_s, "ready_s": rs.ready_s}
-            ray["levels"] = concurrency_levels([rs], cfg)[rs.name]
 
     metrics = _metrics(decode, levels, cache_on, cache_off, launch, ray)
     load_end = os.getloadavg()
@@ -381,6 +391,13 @@ def _metrics(
             m[f"c{c}_errors_{side}"] = r.errors
             for kind, n in r.error_kinds.items():
                 m[f"c{c}_errors_{side}_{kind}"] = n
+    for r, rr in zip(levels["impetus"], ray.get("levels", []), strict=False):
+        c = r.concurrency  # Ray mode against in-process, round by round (they ran back to back)
+        m[f"c{c}_ray_ratio"] = rr.tps / r.tps if r.tps > 0 else float("inf")
+        pairs = paired_ratios(rr, r)
+        if pairs:
+            m[f"c{c}_ray_pair_ratio_p25"] = percentile(pairs, 25)
+            m[f"c{c}_ray_pair_ratio_p75"] = percentile(pairs, 75)
     for r, ref in zip(levels["impetus"], levels["mlx-lm"], strict=True):
         c = r.concurrency
         m[f"c{c}_tps_ratio"] = r.tps / ref.tps if ref.tps > 0 else float("inf")
@@ -423,7 +440,11 @@ def render_table(m: dict[str, float], cfg: BenchConfig) -> str:
         return f"{m[f'c{c}_tps_{side}']:.1f}" + (f" ({failed} failed: {kinds})" if failed else "")
 
     for c in cfg.levels:
-        rt = tps(c, "ray") if ray else ""
+        rt = ""
+        if ray:  # and its ratio to in-process, with the spread of the back-to-back pairs
+            rt = f"{tps(c, 'ray')}: {m[f'c{c}_ray_ratio']:.2f}× of in-process"
+            if f"c{c}_ray_pair_ratio_p25" in m:
+                rt += f" (pairs {m[f'c{c}_ray_pair_ratio_p25']:.2f}–{m[f'c{c}_ray_pair_ratio_p75']:.2f})"
         ratio = f"{m[f'c{c}_tps_ratio']:.2f}×"
         if m.get(f"c{c}_rounds", 0) > 1:  # the spread of the back-to-back pairs
             ratio += (
