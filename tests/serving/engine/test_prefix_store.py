@@ -23,6 +23,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from serving.engine.base import GenerationRequest, SamplingParams
+from serving.engine import prefix_store
 from serving.engine.prefix_store import DiskTier, PrefixStore, token_key
 
 LAYERS, HEADS, DIM = 2, 2, 16
@@ -78,6 +79,35 @@ def test_a_restart_serves_a_longer_prompt_from_disk(tmp_path: Path) -> None:
         got, rest = again.fetch([*tokens, 5])  # now in memory
         assert rest == [5] and again.stats().memory_hits == 1
         again.close()
+
+
+@pytest.mark.parametrize("device_memory", [False, True])
+def test_the_writer_gets_views_of_the_cache_or_of_device_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_memory: bool
+) -> None:
+    """Where memory is unified the writer reads the cache's own arrays; where kernels write device
+    memory (CUDA, forced here) it reads copies cut to the written length, and either way the
+    file holds the same values."""
+    monkeypatch.setattr(prefix_store, "_device_memory", lambda _mx: device_memory)
+    cache = kv(40, mx.bfloat16)
+    views = prefix_store._host_views(mx, cache, 30)
+    for c, (k, v) in zip(cache, views, strict=True):
+        own = np.asarray(c.keys.view(mx.uint16))
+        assert np.shares_memory(k, own) is not device_memory
+        assert k.shape[2] == (30 if device_memory else 40)
+        np.testing.assert_array_equal(k[..., :30, :], own[..., :30, :])
+        np.testing.assert_array_equal(
+            v[..., :30, :], np.asarray(c.values.view(mx.uint16))[..., :30, :]
+        )
+    store = PrefixStore("m", 1 << 20, disk(tmp_path, 1 << 30))
+    store.insert(list(range(30)), cache)
+    store.close()
+    (entry,) = disk(tmp_path, 1 << 30).entries()
+    loaded = prefix_store._read_cache(tmp_path / f"{entry.key}.safetensors")
+    for c, back in zip(cache, loaded, strict=True):
+        assert back.offset == 30 and back.keys.dtype == mx.bfloat16
+        assert mx.array_equal(back.keys, c.keys[..., :30, :]).item()
+        assert mx.array_equal(back.values, c.values[..., :30, :]).item()
 
 
 def test_caps_hold_over_many_turns(tmp_path: Path) -> None:
