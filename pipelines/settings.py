@@ -121,6 +121,11 @@ class ServeSettings(_Section):
     # Prompt-lookup speculative decoding of a sequence that runs alone (serving/engine/
     # speculative.py); a request's `speculative: "off"` turns it off for that request.
     speculative: Literal["auto", "off"] = "auto"
+    # Under load a stream's tokens go out in groups (serving/engine/mlx_engine.py, `coalesce_*`):
+    # while this many sequences decode together and steps are short; 0: one event per token.
+    coalesce_streams: int = Field(default=8, ge=0)
+    coalesce_tokens: int = Field(default=4, ge=1)
+    coalesce_hold_ms: float = Field(default=50.0, ge=0)
     # model residency
     memory_budget_bytes: int = Field(default=0, ge=0)  # 0: 70% of physical memory
     idle_ttl_s: float = Field(default=1800.0, ge=0)  # 0: never unload idle models

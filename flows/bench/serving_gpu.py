@@ -28,8 +28,13 @@ from flows.bench.serving import EXPERIMENT
 from pipelines.errors import ImpetusError
 
 YARDSTICK = "llama1b-bf16"
-# impetus_nospec: speculation off (few streams); impetus_si: a 0.5 ms GIL switch interval
-SIDES = ("bare", "impetus", "impetus_nospec", "impetus_si", "mlx_lm")
+# Experiments (runner.py): bare_lean / bare_thread: the bare loop on the engine's lean batch / in
+# a thread of its own; impetus_nohold: one SSE event per token; impetus_nospec: speculation off
+# (few streams); impetus_si: a 0.5 ms GIL switch interval.
+SIDES = (
+    "bare", "bare_lean", "bare_thread", "impetus", "impetus_nohold", "impetus_nospec",
+    "impetus_si", "mlx_lm",
+)  # fmt: skip
 CELL_METRICS = (
     "tps", "stream_tps_p50", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "itl_p95_ms", "failed",
     "bw_fraction", "gen_step_ms", "forward_ms", "sampling_ms",
@@ -48,6 +53,7 @@ PROFILE_COLUMNS = [
     ("lag", "to the event loop", ".2f"), ("loop_cpu", "event loop CPU", ".2f"),
     ("outside", "outside the forward", "s"),
 ]  # fmt: skip
+PROFILED = ("impetus", "impetus_nohold")  # the sides whose engine step the profile table shows
 PROFILE_METRICS = (
     "step_ms", "gen_step_ms", "per_token_ms", "deliver_ms", "loop_lag_ms", "loop_callback_ms",
 )  # fmt: skip
@@ -270,7 +276,7 @@ def render_profile(results: dict[str, Any]) -> str:
     rows = []
     for model in results["models"]:
         for c in results["cells"]:
-            if c["model"] != model or c["side"] != "impetus" or not c.get("profile"):
+            if c["model"] != model or c["side"] not in PROFILED or not c.get("profile"):
                 continue
             fwd = find(results, model, "forward", c["streams"]) or {}
             bare = find(results, model, "bare", c["streams"]) or {}
@@ -278,7 +284,7 @@ def render_profile(results: dict[str, Any]) -> str:
             step = m.get("prof_step_ms")
             rows.append(
                 {
-                    "model": model,
+                    "model": model if c["side"] == "impetus" else f"{model} ({c['side']})",
                     "streams": c["streams"],
                     "forward": fwd.get("forward_ms"),
                     "sampling": fwd.get("sampling_ms"),

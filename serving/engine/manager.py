@@ -453,6 +453,9 @@ def mlx_engine_factory(settings: Settings) -> EngineFactory:
             prefix_cache_dir=settings.data_dir / "prefix-cache",
             prefix_cache_disk_bytes=s.prefix_cache_disk_bytes,
             speculative=s.speculative,
+            coalesce_streams=s.coalesce_streams,
+            coalesce_tokens=s.coalesce_tokens,
+            coalesce_hold_ms=s.coalesce_hold_ms,
         )
 
     return factory

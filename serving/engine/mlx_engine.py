@@ -6,7 +6,11 @@ Seams, one sentence each:
   weights load in a helper thread: `_load_weights` says why.)
 - The async side validates and tokenizes a request, then talks to the thread through a
   thread-safe inbox (admit, cancel, close); deltas come back to each request's asyncio queue by
-  `loop.call_soon_threadsafe`, one call per event loop per decode step.
+  `loop.call_soon_threadsafe`, one call per event loop per decode step. Under load (many
+  streams, short steps) a stream's deltas after its first are held and delivered a few at a
+  time (`coalesce_*`): the event loop's work per event is then paid once per group.
+- The decode batch keeps a row's log-probabilities only for requests that report them
+  (lean_batch.py); otherwise it is mlx-lm's step.
 - New sequences join the running batch between decode steps (mlx-lm interleaves one prefill
   chunk per step); each carries its sampler (a seeded one has its own PRNG key; unseeded ones
   with equal parameters share one, so that the batch samples in one call: sampling.py),
@@ -110,6 +114,14 @@ class MLXEngineConfig:
     speculative: Literal["auto", "off"] = "auto"
     # Tokens a sequence decodes in the batch after its drafts were mostly rejected.
     speculative_backoff_tokens: int = 64
+    # While at least `coalesce_streams` sequences decode together and a step is short enough that
+    # `coalesce_tokens` steps fit in `coalesce_hold_ms`, a stream's tokens after its first are
+    # delivered `coalesce_tokens` at a time (none held longer than `coalesce_hold_ms`): the event
+    # loop's work per delivered token (chunk, SSE frame, socket write) is paid once per group.
+    # docs/decisions/stream-coalescing.md; 0 streams: off.
+    coalesce_streams: int = 8
+    coalesce_tokens: int = 4
+    coalesce_hold_ms: float = 50.0
 
 
 class _SoloToken(NamedTuple):
@@ -263,6 +275,9 @@ class MLXEngine:
         prefix_cache_dir: Path | None = None,
         prefix_cache_disk_bytes: int | None = None,
         speculative: Literal["auto", "off"] | None = None,
+        coalesce_streams: int | None = None,
+        coalesce_tokens: int | None = None,
+        coalesce_hold_ms: float | None = None,
     ) -> MLXEngine:
         """Load the model folder (blocking: call it off the event loop) and start the engine."""
         overrides: dict[str, Any] = {
@@ -274,6 +289,9 @@ class MLXEngine:
             "prefix_cache_dir": prefix_cache_dir,
             "prefix_cache_disk_bytes": prefix_cache_disk_bytes,
             "speculative": speculative,
+            "coalesce_streams": coalesce_streams,
+            "coalesce_tokens": coalesce_tokens,
+            "coalesce_hold_ms": coalesce_hold_ms,
         }
         cfg = replace(
             config or MLXEngineConfig(), **{k: v for k, v in overrides.items() if v is not None}
@@ -603,6 +621,9 @@ class MLXEngine:
         )
         self._live: dict[int, LiveSequence] = {}
         self._steps = 0
+        self._last_step = 0.0  # time.monotonic() of the last batch step's deltas
+        self._hold_tokens = max(1, self.config.coalesce_tokens)
+        self._hold_s = self.config.coalesce_hold_ms / 1000
         from serving.engine.sampling import SharedSamplers
 
         self._shared_samplers = SharedSamplers()
@@ -641,14 +662,19 @@ class MLXEngine:
     def _new_generator(self) -> Any:
         from mlx_lm.generate import BatchGenerator, StopSequences
 
+        from serving.engine.lean_batch import install
+
         self._eos_stops = StopSequences([(t,) for t in self._eos_ids])
-        return BatchGenerator(
+        gen = BatchGenerator(
             self._model,
             completion_batch_size=self.config.max_batch_size,
             prefill_batch_size=min(self.config.prefill_batch_size, self.config.max_batch_size),
             prefill_step_size=self.config.prefill_step_size,
             stream=self._stream_mx,
         )
+        # the uids whose rows' log-probabilities a step keeps (requests that report them)
+        self._report = install(gen).report
+        return gen
 
     def _serve_once(self) -> bool:
         """Take the inbox's commands, then run one batch step; False once closed."""
@@ -758,9 +784,11 @@ class MLXEngine:
                 stop_sequences=[self._eos_stops],
             )
             seq.detokenizer = self._tokenizer.detokenizer
+            if seq.params.logprobs or seq.params.top_logprobs:
+                self._report.add(seq.uid)
         except Exception as exc:
             log.exception("mlx engine: could not admit %s", seq.request_id)
-            self._deliver({seq.loop: [(seq.queue, self._failure(seq, exc))]})
+            self._deliver(seq.send({}, self._failure(seq, exc)))
             return
         self._live[seq.uid] = seq
         c.requests_total += 1
@@ -793,6 +821,8 @@ class MLXEngine:
             return
         out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         stopped: list[int] = []
+        now = time.monotonic()
+        hold = self._holding(now, len(responses))
         for r in responses:
             seq = self._live.get(r.uid)
             if seq is None:
@@ -812,7 +842,9 @@ class MLXEngine:
                         stopped.append(r.uid)
                     elif self._prefix is not None:
                         self._keep_prefix(list(r.all_tokens), r.prompt_cache)
-            out.setdefault(seq.loop, []).append((seq.queue, delta))
+                elif hold and seq.hold(delta, now, self._hold_tokens, self._hold_s):
+                    continue
+            seq.send(out, delta)
         if stopped:
             try:
                 caches = self._gen.remove(stopped, return_prompt_caches=self._prefix is not None)
@@ -825,6 +857,15 @@ class MLXEngine:
         if stopped or self._steps % 32 == 0 or len(self._live) != len(responses):
             self._counters.kv_bytes = self._gen.prompt_cache_nbytes
         self._deliver(out)
+
+    def _holding(self, now: float, streams: int) -> bool:
+        """Whether this step's deltas may be held back (`coalesce_*` in the config): enough
+        streams, and steps short enough (the last one's) that a group fills within the hold."""
+        last, self._last_step = self._last_step, now
+        return (
+            0 < self.config.coalesce_streams <= streams
+            and (now - last) * self._hold_tokens <= self._hold_s
+        )
 
     def _on_token(self, seq: LiveSequence, r: Any) -> Delta:
         if not seq.started:
@@ -903,11 +944,13 @@ class MLXEngine:
             )
         except Exception as exc:
             log.exception("mlx engine: could not put %s back into the batch", seq.request_id)
-            self._deliver({seq.loop: [(seq.queue, self._failure(seq, exc))]})
+            self._deliver(seq.send({}, self._failure(seq, exc)))
             return
         self._live.pop(seq.uid or -1, None)
         seq.uid = uid
         self._live[uid] = seq
+        if seq.params.logprobs or seq.params.top_logprobs:
+            self._report.add(uid)
 
     def _spec_step(self) -> None:
         """One verify forward of the solo sequence; every emitted token is its own delta."""
@@ -932,7 +975,7 @@ class MLXEngine:
         except Exception as exc:
             log.exception("mlx engine: speculative step failed for %s", seq.request_id)
             self._solo = None
-            self._deliver({seq.loop: [(seq.queue, self._failure(seq, exc))]})
+            self._deliver(seq.send({}, self._failure(seq, exc)))
             return
         self._spec.add(len(draft), accepted, len(emitted))
         if deltas[-1].finish_reason is not None:
@@ -955,7 +998,10 @@ class MLXEngine:
             if solo.length.backoff():
                 seq.speculate_after = seq.completion_tokens + self.config.speculative_backoff_tokens
                 self._rejoin()
-        self._deliver({seq.loop: [(seq.queue, d) for d in deltas]})
+        out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for d in deltas:
+            seq.send(out, d)
+        self._deliver(out)
 
     def _emit(self, seq: LiveSequence, tokens: list[int]) -> tuple[list[Delta], list[int]]:
         """The deltas of a step's tokens, in order, up to the first that ends the sequence
@@ -994,6 +1040,7 @@ class MLXEngine:
 
     def _drop(self, seq: LiveSequence) -> None:
         seq.done = True
+        self._report.discard(seq.uid or -1)
         if seq.uid is not None and self._live.pop(seq.uid, None) is not None and seq.started:
             self._counters.running -= 1
 
@@ -1012,7 +1059,7 @@ class MLXEngine:
         out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for seq in list(self._live.values()):
             msg = message or f"The engine failed while generating request {seq.request_id}."
-            out.setdefault(seq.loop, []).append((seq.queue, self._failure(seq, kind(msg))))
+            seq.send(out, self._failure(seq, kind(msg)))
         self._live.clear()
         self._solo = None
         self._counters.running = 0

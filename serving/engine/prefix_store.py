@@ -352,6 +352,7 @@ def _read_cache(path: Path) -> list[Any]:
     from mlx_lm.models.cache import KVCache
 
     arrays = mx.load(str(path), format="safetensors")
+    assert isinstance(arrays, dict)  # a safetensors file loads as a dict of arrays
     layers = len(arrays) // 2
     if layers <= 0 or len(arrays) % 2:
         raise ValueError("no layers")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from serving.engine.base import Delta, FinishReason, SamplingParams, SequenceTimings, TokenLogprob
@@ -47,6 +47,38 @@ class LiveSequence:
     queued_ns: int = 0
     admitted_ns: int = 0
     first_token_ns: int = 0
+    # Deltas held back to be delivered as one group (MLXEngine's `coalesce_*`), since when
+    # (time.monotonic()), and whether a delta was delivered yet (the first never waits).
+    held: list[Delta] = field(default_factory=list)
+    held_since: float = 0.0
+    sent: bool = False
+
+    def hold(self, delta: Delta, now: float, tokens: int, hold_s: float) -> bool:
+        """Keep `delta` back to go with the next ones, unless it completes a group of `tokens`
+        or the group's oldest has waited `hold_s`; False: send it (with those held) now."""
+        if not self.sent or len(self.held) + 1 >= tokens:
+            return False
+        if not self.held:
+            self.held_since = now
+        elif now - self.held_since >= hold_s:
+            return False
+        self.held.append(delta)
+        return True
+
+    def send(
+        self,
+        out: dict[asyncio.AbstractEventLoop, list[Any]],
+        item: Delta | BaseException,
+    ) -> dict[asyncio.AbstractEventLoop, list[Any]]:
+        """Add `item` to a step's deliveries (`out`: event loop -> [(queue, item)]), after the
+        deltas held back for this sequence; returns `out`."""
+        items = out.setdefault(self.loop, [])
+        if self.held:
+            items.extend((self.queue, d) for d in self.held)
+            self.held = []
+        items.append((self.queue, item))
+        self.sent = True
+        return out
 
     def on_token(
         self,

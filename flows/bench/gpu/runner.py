@@ -27,9 +27,10 @@ After the models: `--speculative` runs `impetus bench speculative`'s measurement
 SmolLM2's real weights (when stage.sh brought them); `--agent-turns N` (growing history) and
 `--agent-long-turns N` (the last 8 exchanges) play `impetus bench agent-loop`'s conversation against
 the profiled server on `--agent-model`, restart it and play one more turn; `--shape-probe` times a
-40-token forward on a 2,400-token cache, on lengths new and seen. Two more `--sides` are
-experiments: `impetus_nospec` (speculation off, at 1-4 streams) and `impetus_si` (a 0.5 ms GIL
-switch interval, at 16+).
+40-token forward on a 2,400-token cache, on lengths new and seen. More `--sides` are
+experiments: `impetus_nospec` (speculation off, at 1-4 streams), `impetus_nohold` (one SSE event
+per token, at 16+), `impetus_si` (a 0.5 ms GIL switch interval, at 16+), and the bare loop's
+`bare_lean` (the engine's lean decode batch) and `bare_thread` (the loop in a thread of its own).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
@@ -201,12 +203,28 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 # -- the bare loop and the forward ---------------------------------------------------------------
 
 
-def bare_round(model: Any, prompt_ids: list[list[int]], streams: int, n: int) -> dict[str, Any]:
+def bare_round(
+    model: Any, prompt_ids: list[list[int]], streams: int, n: int, variant: str = "bare"
+) -> dict[str, Any]:
     """One burst through a fresh `BatchGenerator`, all prompts inserted at once, no stop tokens
-    (every stream makes `n` tokens), greedy."""
+    (every stream makes `n` tokens), greedy. Variants: `bare_lean` decodes into the engine's
+    lean batch (serving/engine/lean_batch.py), `bare_thread` runs the loop in a thread of its
+    own (as the engine does) while this one waits."""
+    if variant == "bare_thread":
+        box: list[dict[str, Any]] = []
+        worker = threading.Thread(
+            target=lambda: box.append(bare_round(model, prompt_ids, streams, n)), daemon=True
+        )
+        worker.start()
+        worker.join()
+        return box[0]
     from mlx_lm.generate import BatchGenerator
 
     gen = BatchGenerator(model, max_tokens=n, completion_batch_size=max(streams, 8))
+    if variant == "bare_lean":
+        from serving.engine.lean_batch import install
+
+        install(gen)
     started = time.perf_counter()
     uids = gen.insert([list(prompt_ids[i % len(prompt_ids)]) for i in range(streams)])
     stamps: dict[int, list[float]] = {u: [] for u in uids}
@@ -229,12 +247,16 @@ def bare_round(model: Any, prompt_ids: list[list[int]], streams: int, n: int) ->
 
 
 def bare_level(
-    model: Any, prompt_ids: list[list[int]], streams: int, args: argparse.Namespace
+    model: Any,
+    prompt_ids: list[list[int]],
+    streams: int,
+    args: argparse.Namespace,
+    variant: str = "bare",
 ) -> dict[str, Any]:
     n = args.max_tokens
-    bare_round(model, prompt_ids, streams, n)  # warm-up
+    bare_round(model, prompt_ids, streams, n, variant)  # warm-up
     with timed_generation_steps() as seen:
-        rounds = [bare_round(model, prompt_ids, streams, n) for _ in range(args.rounds)]
+        rounds = [bare_round(model, prompt_ids, streams, n, variant) for _ in range(args.rounds)]
     cell = pooled(rounds)
     cell["gen_step_ms"] = percentile([dt * 1000 for dt in full_batch(seen)], 50)
     return cell
@@ -381,7 +403,7 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
     args = run.args
     folder = make_folder(spec, Path(args.smollm2), Path(args.work) / "models")
     levels = args.levels + args.extra_levels
-    if "bare" in args.sides:
+    if any(side.startswith("bare") for side in args.sides):
         in_process(run, spec.name, folder, levels)
     else:  # the model's figures still come from loading it once
         in_process(run, spec.name, folder, [])
@@ -397,6 +419,13 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
                 run, spec.name, max(levels), "-nospec", IMPETUS_SERVE__SPECULATIVE="off"
             ),
             [b for b in levels if b <= 4],
+        ),
+        # Impetus sending one event per token (no coalescing under load), at many streams.
+        "impetus_nohold": (
+            lambda: impetus_server(
+                run, spec.name, max(levels), "-nohold", IMPETUS_SERVE__COALESCE_STREAMS="0"
+            ),
+            [b for b in levels if b >= 16],
         ),
         # Impetus with a 0.5 ms GIL switch interval (profile.py), at many streams.
         "impetus_si": (
@@ -433,8 +462,10 @@ def in_process(run: Run, name: str, folder: Path, levels: list[int]) -> None:
         "config": {k: v for k, v in config.items() if not isinstance(v, dict)},
     }
     run.save()
-    for b in levels:
-        run.cell(name, "bare", b, partial(bare_level, model, prompt_ids, b, args))
+    variants = [v for v in ("bare", "bare_lean", "bare_thread") if v in args.sides]
+    for b in levels:  # the variants side by side at each level
+        for v in variants:
+            run.cell(name, v, b, partial(bare_level, model, prompt_ids, b, args, v))
     if levels:
         for b in args.forward_levels:
             run.cell(name, "forward", b, partial(forward_ms, model, b, int(run.context)))

@@ -24,7 +24,8 @@ def test_runner_results_log_as_an_mlflow_run(
     out = tmp_path / "out"
     runner = ["flows.bench.gpu.runner", str(out), "--tiny", "--models", "tiny-bf16"]
     runner += ["--smollm2", str(ready_models_dir / "smollm2-135m-instruct")]
-    runner += ["--work", str(tmp_path / "work"), "--sides", "bare,impetus", "--levels", "1"]
+    sides = "bare,bare_lean,bare_thread,impetus"
+    runner += ["--work", str(tmp_path / "work"), "--sides", sides, "--levels", "1"]
     runner += ["--forward-levels", "1", "--max-tokens", "4", "--rounds", "1"]
     runner += ["--agent-model", "tiny-bf16", "--agent-turns", "1"]  # and one agent turn
     done = subprocess.run(
@@ -40,7 +41,12 @@ def test_runner_results_log_as_an_mlflow_run(
     results = json.loads((out / "results.json").read_text())
     assert results["errors"] == [] and results["skipped"] == []
     sides = {(c["side"], c["streams"]) for c in results["cells"]}
-    assert sides == {("bare", 1), ("forward", 1), ("impetus", 1), ("agent-1", 1)}
+    assert sides == {
+        ("bare", 1), ("bare_lean", 1), ("bare_thread", 1), ("forward", 1), ("impetus", 1),
+        ("agent-1", 1),
+    }  # fmt: skip
+    bare = {c["side"]: c for c in results["cells"] if c["side"].startswith("bare")}
+    assert {c["tokens"] for c in bare.values()} == {4} and bare["bare_lean"]["gen_step_ms"] > 0
     agent = next(c for c in results["cells"] if c["side"] == "agent-1")
     # turn 1 cold, then after a restart turn 2 from the disk tier (the system prompt's checkpoint
     # or the conversation's file), each with the engine's own view of its TTFT
@@ -62,6 +68,7 @@ def test_runner_results_log_as_an_mlflow_run(
     assert logged.returncode == 0, logged.stderr[-4000:]
     result = json.loads(logged.stdout[logged.stdout.index("{") :])
     assert "| impetus | 1 |" in result["table"] and "| bare | 1 |" in result["table"]
+    assert "| bare_lean | 1 |" in result["table"] and "| bare_thread | 1 |" in result["table"]
     assert "| tiny-bf16 | 1 (50) |" in result["table"]  # the agent loop's row
 
     import mlflow

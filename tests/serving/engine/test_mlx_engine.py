@@ -142,6 +142,74 @@ def test_concurrent_requests_batch_and_match_solo(engine: MLXEngine) -> None:
     assert batched == solo
 
 
+def test_busy_streams_get_their_tokens_in_groups_and_the_same_text(
+    engine: MLXEngine, model_path: Path
+) -> None:
+    """`coalesce_*`: past `coalesce_streams` streams, a stream's tokens after its first reach its
+    queue `coalesce_tokens` at a time (its last group may be shorter), the first alone; the text
+    is what each prompt gives alone. Forced on here (CPU steps are longer than the default hold)."""
+    prompts = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "Dear diary,"]
+    solo = [text(run(engine, req(f"s{i}", prompt=p, max_tokens=11))) for i, p in enumerate(prompts)]
+    eng = MLXEngine.load(
+        model_path,
+        MODEL,
+        config=MLXEngineConfig(coalesce_streams=2, coalesce_tokens=3, coalesce_hold_ms=60_000),
+        prefix_cache_bytes=0,
+    )
+    groups: dict[int, list[int]] = {}  # queue id -> tokens per delivery
+    deliver = eng._deliver
+
+    def spy(out: dict[Any, list[Any]]) -> None:
+        for items in out.values():
+            counts: dict[int, int] = {}
+            for q, _ in items:
+                counts[id(q)] = counts.get(id(q), 0) + 1
+            for q, n in counts.items():
+                groups.setdefault(q, []).append(n)
+        deliver(out)
+
+    eng._deliver = spy  # type: ignore[method-assign]
+
+    async def together() -> list[list[Delta]]:
+        return await asyncio.gather(
+            *(collect(eng, req(f"b{i}", prompt=p, max_tokens=11)) for i, p in enumerate(prompts))
+        )
+
+    try:
+        batched = [text(d) for d in asyncio.run(together())]
+    finally:
+        asyncio.run(eng.close())
+    assert batched == solo
+    assert len(groups) == len(prompts)
+    for sizes in groups.values():
+        assert sum(sizes) == 11
+        assert sizes[0] == 1, sizes  # the first token never waits
+        assert all(n == 3 for n in sizes[1:-1]), sizes
+        assert 1 <= sizes[-1] <= 3, sizes
+
+
+def test_a_held_group_goes_out_when_full_or_when_its_oldest_has_waited() -> None:
+    from serving.engine.sequence import LiveSequence
+    from serving.engine.stops import StopStrings
+
+    loop = asyncio.new_event_loop()
+    try:
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        seq = LiveSequence("r", [1], SamplingParams(), 10, loop, q, StopStrings([]))
+        d = [Delta(text=str(i)) for i in range(8)]
+        assert not seq.hold(d[0], 0.0, 3, 0.05)  # nothing sent yet: the first never waits
+        seq.send({}, d[0])
+        assert seq.hold(d[1], 1.0, 3, 0.05) and seq.hold(d[2], 1.01, 3, 0.05)
+        assert not seq.hold(d[3], 1.02, 3, 0.05)  # the third of a group of three
+        out = seq.send({}, d[3])
+        assert [item for _, item in out[loop]] == d[1:4] and not seq.held
+        assert seq.hold(d[4], 2.0, 3, 0.05)
+        assert not seq.hold(d[5], 2.06, 3, 0.05)  # the oldest has waited the hold
+        assert [item for _, item in seq.send({}, d[5])[loop]] == d[4:6]
+    finally:
+        loop.close()
+
+
 def test_seeded_sampling_is_reproducible_while_others_run(engine: MLXEngine) -> None:
     seeded = req("seed", prompt="My favourite animal is", temperature=1.0, seed=1234, max_tokens=10)
     alone = text(run(engine, seeded))

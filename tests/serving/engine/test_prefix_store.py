@@ -22,8 +22,8 @@ pytest.importorskip("mlx_lm")
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from serving.engine.base import GenerationRequest, SamplingParams
 from serving.engine import prefix_store
+from serving.engine.base import GenerationRequest, SamplingParams
 from serving.engine.prefix_store import DiskTier, PrefixStore, token_key
 
 LAYERS, HEADS, DIM = 2, 2, 16
