@@ -52,8 +52,7 @@ class LeanGenerationBatch(GenerationBatch):
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
         samplers = [
-            b.fallback_sampler if s is None else s
-            for s in (b.samplers or [None] * len(b.uids))
+            b.fallback_sampler if s is None else s for s in (b.samplers or [None] * len(b.uids))
         ]
         if not samplers or all(s is samplers[0] for s in samplers):
             sampled = (samplers[0] if samplers else b.fallback_sampler)(logprobs)
