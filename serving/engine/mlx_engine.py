@@ -114,10 +114,10 @@ class MLXEngineConfig:
     speculative: Literal["auto", "off"] = "auto"
     # Tokens a sequence decodes in the batch after its drafts were mostly rejected.
     speculative_backoff_tokens: int = 64
-    # While at least `coalesce_streams` sequences decode together and a step is short enough that
-    # `coalesce_tokens` steps fit in `coalesce_hold_ms`, a stream's tokens after its first are
-    # delivered `coalesce_tokens` at a time (none held longer than `coalesce_hold_ms`): the event
-    # loop's work per delivered token (chunk, SSE frame, socket write) is paid once per group.
+    # While at least `coalesce_streams` sequences decode together and steps are short enough that
+    # a group of `coalesce_tokens` fills within `coalesce_hold_ms`, a stream's tokens after its
+    # first are delivered `coalesce_tokens` at a time (none held longer than `coalesce_hold_ms`):
+    # the event loop's work per event (chunk, SSE frame, socket write) is paid once per group.
     # docs/decisions/stream-coalescing.md; 0 streams: off.
     coalesce_streams: int = 8
     coalesce_tokens: int = 4
@@ -864,7 +864,7 @@ class MLXEngine:
         last, self._last_step = self._last_step, now
         return (
             0 < self.config.coalesce_streams <= streams
-            and (now - last) * self._hold_tokens <= self._hold_s
+            and (now - last) * (self._hold_tokens - 1) <= self._hold_s
         )
 
     def _on_token(self, seq: LiveSequence, r: Any) -> Delta:
