@@ -969,8 +969,9 @@ class MLXEngine:
             with mx.stream(self._stream_mx):
                 logits = self._model(mx.array([context[-1:] + draft]), cache=solo.cache)[0]
                 logits = processed_logits(logits, context, draft, solo.processors)
-                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-                accepted, token = verify(logprobs, draft, scaled)
+                if scaled is not None:  # greedy takes the argmax, as the batch does (lean_batch.py)
+                    logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                accepted, token = verify(logits, draft, scaled)
             deltas, emitted = self._emit(seq, [*draft[:accepted], token])
         except Exception as exc:
             log.exception("mlx engine: speculative step failed for %s", seq.request_id)

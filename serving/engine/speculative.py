@@ -166,7 +166,8 @@ def verify(
 ) -> tuple[int, int]:
     """(accepted draft tokens n, the token after them) from the k+1 rows of log-probabilities of
     `[last token] + draft`. `scaled_logits` is the sequence's filters and temperature
-    (`KeyedSampler.scaled_logits`); None is greedy."""
+    (`KeyedSampler.scaled_logits`); None is greedy, which needs only the logits' order (raw
+    logits do)."""
     if scaled_logits is None:
         return accept_greedy(cast(list[int], mx.argmax(logprobs, axis=-1).tolist()), draft)
     return accept_sampled(scaled_logits(logprobs), draft)

@@ -28,6 +28,12 @@ LLAMA_TINY: dict[str, Any] = {
     **LLAMA_1B, "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 512,
     "num_attention_heads": 4, "num_key_value_heads": 2,
 }  # fmt: skip
+# A Llama whose 64-row decode step takes a few ms on a two-core CPU (the lm-head over SmolLM2's
+# vocabulary is most of it): the step time of the 1B model on the H200, where the server's work per
+# token decides throughput, for trying the engine's overheads without a GPU.
+LLAMA_MICRO: dict[str, Any] = {
+    **LLAMA_TINY, "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+}  # fmt: skip
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
 )  # fmt: skip
@@ -43,8 +49,10 @@ class ModelSpec:
     group_size: int = 64
 
 
-def specs(tiny: bool) -> dict[str, ModelSpec]:
+def specs(tiny: bool, micro: bool = False) -> dict[str, ModelSpec]:
     shape, tag = (LLAMA_TINY, "tiny") if tiny else (LLAMA_1B, "llama1b")
+    if micro:
+        shape, tag = LLAMA_MICRO, "micro"
     return {
         s.name: s
         for s in (

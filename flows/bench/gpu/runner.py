@@ -1,7 +1,7 @@
 """The serving bench on the GPU machine: writes OUT/results.json, after every cell.
 
     python3 -m flows.bench.gpu.runner OUT --smollm2 DIR [--models M,..|none] [--levels 1,4,16,64]
-        [--extra-levels 128] [--max-tokens 128] [--deadline-s S] [--tiny]
+        [--extra-levels 128] [--max-tokens 128] [--deadline-s S] [--tiny|--micro]
         [--speculative] [--agent-turns N] [--agent-long-turns N] [--agent-model M] [--shape-probe]
 
 For each model (models.py: SmolLM2-135M, a 1B-shaped Llama in bf16 and 4-bit), on the same folder:
@@ -617,6 +617,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--deadline-s", type=float, default=480.0)
     p.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s")
     p.add_argument("--tiny", action="store_true", help="a few-MB Llama instead of the 1B one")
+    p.add_argument("--micro", action="store_true", help="a Llama with a few-ms step on a CPU")
     p.add_argument("--speculative", action="store_true", help="speculative decoding, SmolLM2")
     p.add_argument("--agent-turns", type=int, default=0, help="agent loop, growing history")
     p.add_argument("--agent-long-turns", type=int, default=0, help="agent loop, last 8 exchanges")
@@ -634,7 +635,7 @@ def main(argv: list[str]) -> None:
     # The servers' data_dir: the registry of the bench's models, their state.
     os.environ.setdefault("IMPETUS_DATA_DIR", str(Path(args.work) / "data"))
     run = Run(args)
-    known = specs(args.tiny)
+    known = specs(args.tiny, args.micro)
     names = args.models.split(",") if args.models else list(known)
     if args.models == "none":
         names = []
