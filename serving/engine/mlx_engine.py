@@ -9,8 +9,9 @@ Seams, one sentence each:
   `loop.call_soon_threadsafe`, one call per event loop per decode step. Under load (many
   streams, short steps) a stream's deltas after its first are held and delivered a few at a
   time (`coalesce_*`): the event loop's work per event is then paid once per group.
-- The decode batch keeps a row's log-probabilities only for requests that report them
-  (lean_batch.py); otherwise it is mlx-lm's step.
+- The decode batch keeps a row's log-probabilities only for requests that report them, and an
+  all-greedy batch takes the argmax of the raw logits (lean_batch.py); otherwise it is mlx-lm's
+  step.
 - New sequences join the running batch between decode steps (mlx-lm interleaves one prefill
   chunk per step); each carries its sampler (a seeded one has its own PRNG key; unseeded ones
   with equal parameters share one, so that the batch samples in one call: sampling.py),
