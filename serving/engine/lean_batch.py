@@ -4,11 +4,12 @@ mlx-lm's step splits the batch's normalized logits into one array per row (`list
 schedules each of them with the next step and waits for each with the current one, so that a
 response can carry its row. The engine reads a row only for a request that asked for logprobs;
 for the others the split is pure overhead: B arrays built, scheduled and evaluated per step. Here
-only the rows whose uid is in `report` get theirs (None for the rest). And when every row is
-greedy (no sampler) and none is reported, the logits are not normalized at all: argmax does not
-need it, and on MLX's CPU backend the `logsumexp` over a 49,152-token vocabulary costs ~0.6 ms a
-row (its `exp` runs at ~12 ns an element), 9 ms of a 16-row step. Everything else is mlx-lm's step
-as it is (mlx-lm 0.32: the same forward, processors, sampling and `async_eval` pipelining).
+only the rows whose uid is in `report` get theirs (None for the rest). A greedy row takes the
+argmax of its raw logits (so its tokens do not depend on its neighbours), and when every row is
+greedy and none is reported the logits are not normalized at all: on MLX's CPU backend the
+`logsumexp` over a 49,152-token vocabulary costs ~0.6 ms a row (its `exp` runs at ~12 ns an
+element), 9 ms of a 16-row step. Everything else is mlx-lm's step as it is (mlx-lm 0.32: the same
+forward, processors, sampling and `async_eval` pipelining).
 """
 
 from __future__ import annotations
@@ -58,19 +59,26 @@ class LeanGenerationBatch(GenerationBatch):
             logits = mx.concatenate(processed, axis=0)
         report = b.report
         reported = bool(report) and any(u in report for u in b.uids)
-        if reported or not all(map(self._greedy, b.samplers or ())):
+        own = b.samplers or [None] * len(b.uids)
+        greedy = [self._greedy(s) for s in own]
+        if reported or not all(greedy):
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         else:  # every row greedy, none reported: argmax needs no normalization
             logprobs = logits
 
-        samplers = [
-            b.fallback_sampler if s is None else s for s in (b.samplers or [None] * len(b.uids))
-        ]
+        # A greedy row takes the argmax of its raw logits whatever its neighbours: its tokens do
+        # not depend on what else is in the batch.
+        samplers = [b.fallback_sampler if s is None else s for s in own]
         if not samplers or all(s is samplers[0] for s in samplers):
-            sampled = (samplers[0] if samplers else b.fallback_sampler)(logprobs)
+            sampler = samplers[0] if samplers else b.fallback_sampler
+            sampled = sampler(logits if greedy and greedy[0] else logprobs)
         else:
             sampled = mx.concatenate(
-                [s(logprobs[e : e + 1]) for e, s in enumerate(samplers)], axis=0
+                [
+                    s(logits[e : e + 1] if greedy[e] else logprobs[e : e + 1])
+                    for e, s in enumerate(samplers)
+                ],
+                axis=0,
             )
 
         rows = [logprobs[e] if reported and u in report else None for e, u in enumerate(b.uids)]
