@@ -20,8 +20,8 @@ Seams, one sentence each (docs/decisions/prefix-cache-tiers.md says why):
   CUDA, see `_host_views`) to one writer thread through a short queue that keeps the newest jobs
   (a write superseded by a longer one of the same conversation is dropped); the writer evicts
   least recently used files until the new one fits the cap, writes a temporary file and renames
-  it, so a kill mid-write leaves no file that a reader could take for whole. Reads happen on the engine thread, on a miss in memory,
-  and cost less than the prefill they replace.
+  it, so a kill mid-write leaves no file that a reader could take for whole. Reads happen on the
+  engine thread, on a miss in memory, and cost less than the prefill they replace.
 - The folder is scanned when the engine starts; a file that cannot be parsed, or was written for
   other weights or another model, is skipped with a warning (never an error to a client).
 """
