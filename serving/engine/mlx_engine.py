@@ -785,7 +785,7 @@ class MLXEngine:
                 stop_sequences=[self._eos_stops],
             )
             seq.detokenizer = self._tokenizer.detokenizer
-            if seq.params.logprobs or seq.params.top_logprobs:
+            if seq.reports_logprobs:
                 self._report.add(seq.uid)
         except Exception as exc:
             log.exception("mlx engine: could not admit %s", seq.request_id)
@@ -950,7 +950,7 @@ class MLXEngine:
         self._live.pop(seq.uid or -1, None)
         seq.uid = uid
         self._live[uid] = seq
-        if seq.params.logprobs or seq.params.top_logprobs:
+        if seq.reports_logprobs:
             self._report.add(uid)
 
     def _spec_step(self) -> None:

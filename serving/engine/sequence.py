@@ -53,6 +53,11 @@ class LiveSequence:
     held_since: float = 0.0
     sent: bool = False
 
+    @property
+    def reports_logprobs(self) -> bool:
+        """Whether its deltas carry log-probabilities (the batch keeps its row for them)."""
+        return bool(self.params.logprobs or self.params.top_logprobs)
+
     def hold(self, delta: Delta, now: float, tokens: int, hold_s: float) -> bool:
         """Keep `delta` back to go with the next ones, unless it completes a group of `tokens`
         or the group's oldest has waited `hold_s`; False: send it (with those held) now."""
@@ -103,7 +108,7 @@ class LiveSequence:
             detok.add_token(token)
             if reason is not None:
                 detok.finalize()
-            if self.params.logprobs or self.params.top_logprobs:
+            if self.reports_logprobs:
                 logprobs = [_logprob(logprobs_row, token, self.params.top_logprobs, token_text)]
         text, hit = self.stops.feed(detok.last_segment)
         if hit:
