@@ -17,6 +17,11 @@ step of the engine thread (`MLXEngine._step`):
 - CPU seconds of each thread (/proc): the engine thread's, and the event loop's, which runs
   routing, JSON and SSE framing for every token, competing with the engine thread for the GIL.
 
+With `IMPETUS_BENCH_TRACE=1` it also times every call of the functions in `TRACED` (mlx-lm's
+prompt processing and batch moves, MLX's `eval` and `clear_cache`, the prefix cache) and reports,
+for each request, what ran from its admission to its first token: where a warm agent turn's time
+goes when the forward alone is a fraction of it.
+
 The app runs without its vector store (RAG answers 503, as when another process holds the store),
 which the GPU machine's wheels leave out. `timed_generation_steps` is the same `gen_step` timer for the bare loop in runner.py.
 """
@@ -65,6 +70,86 @@ def full_batch(seen: list[tuple[int, float]]) -> list[float]:
     return [dt for rows, dt in seen if rows == top]
 
 
+# (module, class or None, function): timed when IMPETUS_BENCH_TRACE=1
+TRACED: tuple[tuple[str, str | None, str], ...] = (
+    ("mlx.core", None, "eval"),
+    ("mlx.core", None, "async_eval"),
+    ("mlx.core", None, "clear_cache"),
+    ("mlx_lm.generate", "BatchGenerator", "_next"),
+    ("mlx_lm.generate", "BatchGenerator", "insert"),
+    ("mlx_lm.generate", "BatchGenerator", "_make_batch"),
+    ("mlx_lm.generate", "PromptProcessingBatch", "__init__"),
+    ("mlx_lm.generate", "PromptProcessingBatch", "prompt"),
+    ("mlx_lm.generate", "PromptProcessingBatch", "extend"),
+    ("mlx_lm.generate", "PromptProcessingBatch", "split"),
+    ("mlx_lm.generate", "PromptProcessingBatch", "generate"),
+    ("mlx_lm.generate", "GenerationBatch", "__init__"),
+    ("mlx_lm.generate", "GenerationBatch", "extend"),
+    ("mlx_lm.generate", "GenerationBatch", "next"),
+    ("serving.engine.prefix_store", "PrefixStore", "fetch"),
+    ("serving.engine.prefix_store", "PrefixStore", "insert"),
+    ("serving.engine.prefix_store", "DiskTier", "_write"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_keep_prefix"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_serve_once"),
+    # before the engine: templating, tokenizing, the checkpoint's render, the grammar
+    ("serving.engine.mlx_engine", "MLXEngine", "generate"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_encode"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_checkpoints"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_matcher"),
+    ("serving.services.tools", None, "plan"),
+)
+
+
+class CallTrace:
+    """Every call of the `TRACED` functions: (name, thread, start ns, duration ns, depth)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int, int, int]] = []
+        self._depth = threading.local()
+
+    def install(self) -> None:
+        import importlib
+
+        for module_name, cls_name, fn_name in TRACED:
+            module = importlib.import_module(module_name)
+            owner = getattr(module, cls_name) if cls_name else module
+            short = "mx" if module_name == "mlx.core" else module_name.rsplit(".", 1)[-1]
+            name = f"{cls_name or short}.{fn_name}"
+            setattr(owner, fn_name, self._wrap(name, getattr(owner, fn_name)))
+
+    def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        events, local = self.events, self._depth
+
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            depth = getattr(local, "d", 0)
+            local.d = depth + 1
+            t = time.time_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                local.d = depth
+                thread = threading.current_thread().name
+                events.append((name, thread, t, time.time_ns() - t, depth))
+
+        return traced
+
+    def window(self, start_ns: int, end_ns: int, before_ms: float = 0.0) -> dict[str, Any]:
+        """What ran between two instants (and `before_ms` before the first): ms and calls by
+        name and thread, and the calls (start relative to `start_ns`)."""
+        first = start_ns - int(before_ms * 1e6)
+        inside = [e for e in self.events if first <= e[2] < end_ns]
+        total: dict[str, list[float]] = {}
+        for name, thread, _, dur, _ in inside:
+            row = total.setdefault(f"{thread}:{name}", [0, 0.0])
+            row[0] += 1
+            row[1] = round(row[1] + dur / 1e6, 3)
+        calls = [
+            [name, thread, round((t - start_ns) / 1e6, 3), round(dur / 1e6, 3), depth]
+            for name, thread, t, dur, depth in inside[:300]
+        ]
+        return {"window_ms": round((end_ns - start_ns) / 1e6, 3), "total": total, "calls": calls}
+
+
 def thread_cpu_s() -> dict[str, float]:
     """CPU seconds (user + system) of each live thread of this process, by thread name."""
     names = {t.native_id: t.name for t in threading.enumerate()}
@@ -91,6 +176,9 @@ class EngineProfile:
         # from the last delta's SequenceTimings (queued → admitted → first token)
         self.admit: list[float] = []
         self.stages: list[tuple[float, float]] = []
+        # (queued, admitted, first token) ns of each request, with the trace
+        self.windows: list[tuple[int, int, int]] = []
+        self.trace = CallTrace() if os.environ.get("IMPETUS_BENCH_TRACE") == "1" else None
         self._scheduled: deque[float] = deque()
         self._current: dict[str, float] | None = None
         self._cpu0: dict[str, float] = {}
@@ -148,6 +236,9 @@ class EngineProfile:
                     self.stages.append(
                         (queued, (timings.first_token_ns - timings.admitted_ns) / 1e6)
                     )
+                    self.windows.append(
+                        (timings.queued_ns, timings.admitted_ns, timings.first_token_ns)
+                    )
             put_all(items)
             self.callback.append(time.perf_counter() - t)
 
@@ -157,6 +248,8 @@ class EngineProfile:
         engine._admit = admit_  # type: ignore[method-assign,assignment]
         GenerationBatch.next = add("gen_step", gen_next)  # type: ignore[method-assign]
         mlx_engine._put_all = put_all_
+        if self.trace is not None:
+            self.trace.install()
         self.reset()
 
     def reset(self) -> None:
@@ -165,6 +258,9 @@ class EngineProfile:
         self.callback.clear()
         self.admit.clear()
         self.stages.clear()
+        self.windows.clear()
+        if self.trace is not None:
+            self.trace.events.clear()
         self._cpu0 = thread_cpu_s()
         self._t0 = time.perf_counter()
 
@@ -182,6 +278,10 @@ class EngineProfile:
         out["admit_ms"] = [round(x * 1000, 2) for x in self.admit]  # every request's, in order
         out["queued_to_admitted_ms"] = [round(q, 2) for q, _ in self.stages]
         out["admitted_to_first_token_ms"] = [round(f, 2) for _, f in self.stages]
+        if self.trace is not None:  # each request's queueing (and 50 ms before) to its first token
+            out["first_token_trace"] = [
+                self.trace.window(q, f, before_ms=50.0) for q, _, f in self.windows
+            ]
         cpu = thread_cpu_s()
         out["wall_s"] = time.perf_counter() - self._t0
         out["thread_cpu_s"] = {k: v - self._cpu0.get(k, 0.0) for k, v in cpu.items()}

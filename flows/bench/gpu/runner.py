@@ -135,6 +135,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "cudnn_attention": os.environ.get("MLX_CUDA_USE_CUDNN_SDPA", "1") != "0",
     }
 
 
@@ -541,7 +542,7 @@ def agent_loop(run: Run, name: str, turns: int, history: int) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)
     out: dict[str, Any] = {**agent_metrics(played, restarted, cfg), "history": history}
     # the engine's side of each turn's TTFT (profile.py): admit, queued → admitted → first token
-    keys = ("admit_ms", "queued_to_admitted_ms", "admitted_to_first_token_ms")
+    keys = ("admit_ms", "queued_to_admitted_ms", "admitted_to_first_token_ms", "first_token_trace")
     out["engine"] = [{k: p.get(k) for k in keys} for p in profiles]
     out["turns"] = [
         {"ttft_ms": t.ttft_ms, "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens,
@@ -552,31 +553,55 @@ def agent_loop(run: Run, name: str, turns: int, history: int) -> dict[str, Any]:
 
 
 def shape_probe(folder: Path, context: int = 2400, new: int = 40, turns: int = 8) -> dict[str, Any]:
-    """A turn of the agent loop, forward only: `new` tokens on a KV cache of `context` tokens,
-    on a cache one turn longer every time (a shape not seen before, as each agent turn is) and
-    again on the same length (a shape seen); ms per forward, evaluated."""
+    """A turn of the agent loop, its prefill only: `new` tokens on a KV cache of `context`
+    tokens, on a cache one turn longer every time (a shape not seen before, as each agent turn
+    is) and again on the same length (a shape seen); ms per prefill, evaluated. Three ways:
+    `plain`, the model on mlx-lm's `KVCache` (as `stream_generate` runs it); `batch`, on a
+    copy of it merged into a `BatchKVCache` (what BatchGenerator makes of a cached prefix: an
+    explicit mask, a new buffer); `batch_cleared`, the same after `mx.clear_cache()` (which
+    BatchGenerator calls after every prompt chunk)."""
+    import copy
+
     import mlx.core as mx
+    from mlx_lm.generate import _merge_caches
     from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
     from pipelines.models.loading import load_llm
 
     model, _ = load_llm(folder)
-    cache = make_prompt_cache(model)
-    ids = [100 + i % 1000 for i in range(context)]
-    for i in range(0, context, 512):
-        mx.eval(model(mx.array([ids[i : i + 512]]), cache=cache))
-    chunk = mx.array([[7 + i for i in range(new)]])
-    fresh, seen = [], []
-    for _ in range(turns):
+    ids = mx.array([[100 + i % 1000 for i in range(context)]])
+    cold = []  # the whole context in one forward, on a fresh cache: a new shape, then seen ones
+    for _ in range(3):
+        cache = make_prompt_cache(model)
         t = time.perf_counter()
-        mx.eval(model(chunk, cache=cache))  # the cache is `new` tokens longer than ever before
-        fresh.append((time.perf_counter() - t) * 1000)
-        for _ in range(2):  # the same lengths again
-            trim_prompt_cache(cache, new)
-            t = time.perf_counter()
-            mx.eval(model(chunk, cache=cache))
-            seen.append((time.perf_counter() - t) * 1000)
-    return {"context": context, "new_tokens": new, "fresh_shape_ms": fresh, "seen_shape_ms": seen}
+        mx.eval(model(ids, cache=cache))
+        cold.append((time.perf_counter() - t) * 1000)
+    chunk = mx.array([[7 + i for i in range(new)]])
+
+    def timed(kind: str) -> float:
+        run_on = cache
+        if kind != "plain":
+            run_on = _merge_caches([copy.deepcopy(cache)])
+            mx.eval([c.state[:2] for c in run_on])
+            if kind == "batch_cleared":
+                mx.clear_cache()
+        t = time.perf_counter()
+        mx.eval(model(chunk, cache=run_on))
+        return (time.perf_counter() - t) * 1000
+
+    out: dict[str, Any] = {"context": context, "new_tokens": new, "context_prefill_ms": cold}
+    for kind in ("plain", "batch", "batch_cleared"):
+        fresh, seen = [], []
+        for _ in range(turns):
+            if kind != "plain":  # one turn longer: the plain cache grows, the copies follow
+                mx.eval(model(chunk, cache=cache))
+            fresh.append(timed(kind))  # a cache `new` tokens longer than ever before
+            for _ in range(2):  # the same lengths again
+                if kind == "plain":
+                    trim_prompt_cache(cache, new)
+                seen.append(timed(kind))
+        out[kind] = {"fresh_shape_ms": fresh, "seen_shape_ms": seen}
+    return out
 
 
 def extra_cells(run: Run, known: dict[str, ModelSpec]) -> None:
@@ -625,6 +650,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--agent-memory-mb", type=int, default=256)
     p.add_argument("--agent-disk-mb", type=int, default=1024)
     p.add_argument("--shape-probe", action="store_true", help="forward time, new vs seen shapes")
+    p.add_argument("--shape-model", default="smollm2", help="the shape probe's model")
     args = p.parse_args(argv)
     args.sides = args.sides.split(",")
     return args
@@ -634,6 +660,10 @@ def main(argv: list[str]) -> None:
     args = parse(argv)
     # The servers' data_dir: the registry of the bench's models, their state.
     os.environ.setdefault("IMPETUS_DATA_DIR", str(Path(args.work) / "data"))
+    # Every side on the same attention kernels: the engine turns cuDNN's off on CUDA (its graph
+    # build per new shape, docs/decisions/cuda-attention.md), so the bare loop here and
+    # mlx_lm.server (which inherit this environment) do too. Export it as 1 to compare.
+    os.environ.setdefault("MLX_CUDA_USE_CUDNN_SDPA", "0")
     run = Run(args)
     known = specs(args.tiny, args.micro)
     names = args.models.split(",") if args.models else list(known)
@@ -649,8 +679,10 @@ def main(argv: list[str]) -> None:
             run.results["errors"].append(f"{name}: {type(exc).__name__}: {exc}"[:3000])
         run.save()
     if args.shape_probe:
-        smollm2 = make_folder(known["smollm2"], Path(args.smollm2), Path(args.work) / "models")
-        run.cell("smollm2", "shape-probe", 1, partial(shape_probe, smollm2))
+        folder = make_folder(
+            known[args.shape_model], Path(args.smollm2), Path(args.work) / "models"
+        )
+        run.cell(args.shape_model, "shape-probe", 1, partial(shape_probe, folder))
         run.save()
     if args.speculative or args.agent_turns or args.agent_long_turns:
         extra_cells(run, known)
