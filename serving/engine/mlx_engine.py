@@ -40,13 +40,15 @@ Measure it against raw `mlx_lm.stream_generate` with `impetus bench serving`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import queue
 import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -79,6 +81,8 @@ log = logging.getLogger(__name__)
 KV_STEP = 256
 # A chat's system prompt and tools shorter than this are not worth a checkpoint file of their own.
 MIN_CHECKPOINT_TOKENS = 64
+# Renders of chats' system prompts and tools kept for `_checkpoints` (agents resend the same).
+HEAD_RENDERS_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,7 @@ class MLXEngine:
         self._loader: threading.Thread | None = None  # the thread that loads the weights
         self._load_error: BaseException | None = None
         self._tok_lock = threading.Lock()
+        self._head_ids: OrderedDict[bytes, np.ndarray] = OrderedDict()  # under _tok_lock
         self._counters = _Counters()
         self._thread = threading.Thread(
             target=self._run, name=f"mlx-engine-{model_name}", daemon=True
@@ -525,12 +530,32 @@ class MLXEngine:
         head = next((i for i, r in enumerate(roles) if r not in ("system", "developer")), 0)
         if head == 0:
             return ()
-        try:
-            with self._tok_lock:
-                ids = self._render(request, request.messages[:head], add_generation_prompt=False)
-        except Exception:  # a template that needs a user turn: no checkpoint, no error
+        # An agent sends the same system prompt and tools every turn: their render is kept by
+        # a digest of what it depends on (tokenizing ~2K tokens again costs 2-3 ms a request).
+        key = hashlib.blake2b(
+            json.dumps(
+                [request.messages[:head], request.tools, request.template_kwargs],
+                sort_keys=True,
+                default=str,
+            ).encode(),
+            digest_size=16,
+        ).digest()
+        with self._tok_lock:
+            ids = self._head_ids.get(key)
+            if ids is None:
+                try:
+                    rendered = self._render(
+                        request, request.messages[:head], add_generation_prompt=False
+                    )
+                except Exception:  # a template that needs a user turn: no checkpoint, no error
+                    rendered = []
+                ids = self._head_ids[key] = np.asarray(rendered, dtype=np.int64)
+                while len(self._head_ids) > HEAD_RENDERS_KEPT:
+                    self._head_ids.popitem(last=False)
+            self._head_ids.move_to_end(key)
+        if not len(ids):
             return ()
-        n = common_prefix(np.asarray(ids), np.asarray(prompt))
+        n = common_prefix(ids, np.asarray(prompt))
         return (n,) if MIN_CHECKPOINT_TOKENS <= n < len(prompt) else ()
 
     def _matcher(self, request: GenerationRequest) -> Any:
@@ -590,6 +615,12 @@ class MLXEngine:
             self._loader.join()
 
     def _load(self) -> None:
+        # On CUDA, MLX runs prompt attention through cuDNN, which builds a graph for every new
+        # (prompt, cache) shape: 40-80 ms on an H200 against 4-6 ms of compute, paid by nearly
+        # every prompt a server sees. MLX's own kernels need no build
+        # (docs/decisions/cuda-attention.md). Set before MLX reads it, at the first attention;
+        # exporting MLX_CUDA_USE_CUDNN_SDPA=1 keeps cuDNN.
+        os.environ.setdefault("MLX_CUDA_USE_CUDNN_SDPA", "0")
         import mlx.core as mx
         from mlx.utils import tree_flatten
 

@@ -226,3 +226,41 @@ def test_after_a_restart_the_disk_tier_gives_the_cold_answer(
     assert stats.prefix_cache_disk_hits == 1 and stats.prefix_cache_memory_hits == 0
     assert cached == stats.prompt_tokens_total - 1  # all but the token that starts the answer
     assert warm == cold
+
+
+@pytest.mark.slow
+def test_an_agent_prompt_is_rendered_once_for_its_checkpoint(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents resend the same system prompt and tools every turn: the engine renders them alone
+    (to find where the checkpoint ends) once, not once a turn; other ones get their own."""
+    from serving.engine.mlx_engine import MLXEngine
+
+    eng = MLXEngine.load(
+        model_path, MODEL, prefix_cache_dir=tmp_path, prefix_cache_disk_bytes=64 << 20
+    )
+    heads: list[int] = []  # the message count of every render of a head alone
+    render = eng._render
+
+    def counted(request: GenerationRequest, messages: Any, **kw: Any) -> list[int]:
+        if not kw["add_generation_prompt"]:
+            heads.append(len(messages))
+        return render(request, messages, **kw)
+
+    monkeypatch.setattr(eng, "_render", counted)
+
+    def checkpoint(messages: Any) -> tuple[tuple[int, ...], list[int]]:
+        req = GenerationRequest("r", messages=messages, params=SamplingParams(max_tokens=1))
+        prompt = eng._encode(req)
+        return eng._checkpoints(req, prompt), prompt
+
+    try:
+        first, prompt = checkpoint(CHAT)
+        again, longer = checkpoint([*CHAT, {"role": "assistant", "content": "Done."}, *CHAT[1:]])
+        assert heads == [1] and first == again
+        (n,) = first
+        assert longer[:n] == prompt[:n] and len(AGENT) // 8 < n < len(prompt)
+        other, _ = checkpoint([{"role": "system", "content": AGENT + " Be brief."}, *CHAT[1:]])
+        assert heads == [1, 1] and other[0] > n
+    finally:
+        asyncio.run(eng.close())
