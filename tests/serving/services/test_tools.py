@@ -150,3 +150,15 @@ def test_a_broken_tool_schema_is_refused_whatever_the_tool_choice(choice: str) -
     broken = {"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}
     with pytest.raises(InvalidRequestError, match=r"not a valid JSON schema: .*objekt"):
         tools.plan({"tools": [broken], "tool_choice": choice})
+
+
+def test_a_schema_is_checked_once_however_often_it_is_sent() -> None:
+    """Agents resend their tools every turn: the meta-schema check of each is kept."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "x-turns": 17}
+    same = {"x-turns": 17, "properties": {"city": {"type": "string"}}, "type": "object"}
+    before = tools._cached_schema_problem.cache_info()
+    assert tools.schema_problem(schema) is None and tools.schema_problem(same) is None
+    after = tools._cached_schema_problem.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    broken = {"type": "objekt"}
+    assert tools.schema_problem(broken) == tools.schema_problem(dict(broken)) is not None
