@@ -70,6 +70,7 @@ from serving.engine.base import (
 )
 from serving.engine.prefix_store import PrefixStats, PrefixStore, common_prefix
 from serving.engine.sampling import validate_params
+from serving.engine.segments import SegmentEncoder, for_tokenizer
 from serving.engine.sequence import LiveSequence
 from serving.engine.speculative import DraftLength, NgramDrafter, SpecStats
 from serving.engine.stops import StopStrings
@@ -251,6 +252,7 @@ class MLXEngine:
         )
         # Set by the engine thread at load.
         self._tokenizer: Any = None
+        self._segments: SegmentEncoder | None = None  # chats tokenized from kept pieces
         self._context = 0
         self._vocab_size = 0
         self._max_token_chars = 0  # the longest vocabulary entry: check_chars's bound
@@ -511,6 +513,12 @@ class MLXEngine:
         template_args = dict(request.template_kwargs)
         if request.tools is not None:
             template_args["tools"] = request.tools
+        if self._segments is not None:  # the pieces of last turn's render are kept (segments.py)
+            text = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                **template_args,
+            )  # fmt: skip
+            return self._segments.encode(text)
         ids: Any = self._tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, **template_args
         )
@@ -666,6 +674,7 @@ class MLXEngine:
         )
         self._gen = self._new_generator()
         self._tokenizer = tokenizer
+        self._segments = for_tokenizer(tokenizer._tokenizer)
 
     def _load_weights(self) -> tuple[Any, Any]:
         """`load_model` in a helper thread that then waits until the engine stops.
