@@ -71,7 +71,11 @@ def cell_metrics(cell: dict[str, Any]) -> dict[str, float]:
             k: float(v) for k, v in cell.items() if isinstance(v, int | float) and k != "streams"
         }
     if cell["side"] == "shape-probe":
-        return {k: _median(cell[k]) for k in ("fresh_shape_ms", "seen_shape_ms")}
+        return {
+            f"{kind}_{k}": _median(ms[k])
+            for kind, ms in _probe_kinds(cell).items()
+            for k in ("fresh_shape_ms", "seen_shape_ms")
+        }
     out = {m: float(cell[m]) for m in CELL_METRICS if m in cell}
     prof = cell.get("profile") or {}
     out.update({f"prof_{m}": float(prof[m]) for m in PROFILE_METRICS if m in prof})
@@ -249,11 +253,22 @@ def render_extras(results: dict[str, Any]) -> str:
     for c in results["cells"]:
         if c["side"] == "shape-probe":
             parts.append(
-                f"\nForward of {c['new_tokens']} tokens on a {c['context']}-token KV cache, "
-                f"{c['model']}: {_median(c['fresh_shape_ms']):.1f} ms on a cache length not seen "
-                f"before, {_median(c['seen_shape_ms']):.1f} ms on one seen (medians)"
+                f"\nPrefill of {c['new_tokens']} tokens on a {c['context']}-token KV cache, "
+                f"{c['model']} (medians, ms, new cache length / one seen):"
             )
+            parts += [
+                f"- {kind}: {_median(ms['fresh_shape_ms']):.1f} / {_median(ms['seen_shape_ms']):.1f}"
+                for kind, ms in _probe_kinds(c).items()
+            ]
     return "\n".join(parts)
+
+
+def _probe_kinds(cell: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """A shape probe's timings by cache kind (`plain`, `batch`, ...); a probe of before
+    2026-12-05 timed the plain cache only, at its top level."""
+    if "fresh_shape_ms" in cell:
+        return {"plain": cell}
+    return {k: v for k, v in cell.items() if isinstance(v, dict) and "fresh_shape_ms" in v}
 
 
 def _failed(cell: dict[str, Any]) -> str:

@@ -98,3 +98,19 @@ def test_results_files_merge_by_model(tmp_path: Path) -> None:
     assert len(merged["cells"]) == 2 and merged["machine"] == {"gpu": "a"}
     with pytest.raises(ResultsError, match="llama1b-q4 measured in two files"):
         read_results.fn([a, b, again])
+
+
+def test_a_shape_probe_reads_by_cache_kind_old_and_new() -> None:
+    from flows.bench.serving_gpu import cell_metrics, render_extras
+
+    timings = {"fresh_shape_ms": [40.0, 60.0, 80.0], "seen_shape_ms": [5.0, 6.0]}
+    base = {"model": "m", "side": "shape-probe", "streams": 1, "context": 2400, "new_tokens": 40}
+    new = {**base, "context_prefill_ms": [900.0, 12.0], "plain": timings, "batch": timings}
+    old = {**base, **timings}  # before 2026-12-05: the plain cache, at the top level
+    assert cell_metrics(new) == {
+        "plain_fresh_shape_ms": 60.0, "plain_seen_shape_ms": 5.5,
+        "batch_fresh_shape_ms": 60.0, "batch_seen_shape_ms": 5.5,
+    }  # fmt: skip
+    assert cell_metrics(old) == {"plain_fresh_shape_ms": 60.0, "plain_seen_shape_ms": 5.5}
+    text = render_extras({"cells": [new]})
+    assert "- plain: 60.0 / 5.5" in text and "- batch: 60.0 / 5.5" in text
