@@ -18,20 +18,23 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-PIECES_KEPT = 4096
+# Characters of kept pieces (each with its ids): an agent's history is a few hundred pieces, but
+# a piece can be a whole pasted document, so the bound is on their text, not their number.
+CHARS_KEPT = 8 << 20
 
 
 class SegmentEncoder:
     """`encode(text)` from kept pieces; any thread may call it."""
 
-    def __init__(self, tokenizer: Any, specials: list[str], kept: int = PIECES_KEPT) -> None:
+    def __init__(self, tokenizer: Any, specials: list[str], kept_chars: int = CHARS_KEPT) -> None:
         self._tokenizer = tokenizer
         # longest first, so that a token that is a prefix of another never wins (none contains
         # another, see for_tokenizer, but the order is also what the tokenizer's trie does)
         alternatives = "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))
         self._split = re.compile(f"({alternatives})")
         self._kept: OrderedDict[str, list[int]] = OrderedDict()
-        self._max = kept
+        self._chars = 0  # of the kept pieces
+        self._max_chars = kept_chars
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -53,9 +56,11 @@ class SegmentEncoder:
         ids = list(self._tokenizer.encode(piece, add_special_tokens=False))
         with self._lock:
             self.misses += 1
-            self._kept[piece] = ids
-            while len(self._kept) > self._max:
-                self._kept.popitem(last=False)
+            if len(piece) <= self._max_chars // 4 and piece not in self._kept:
+                self._kept[piece] = ids
+                self._chars += len(piece)
+                while self._chars > self._max_chars:
+                    self._chars -= len(self._kept.popitem(last=False)[0])
         return ids
 
 
@@ -84,5 +89,5 @@ def for_tokenizer(tokenizer: Any) -> SegmentEncoder | None:
     if encoder.encode(probe) != list(tokenizer.encode(probe, add_special_tokens=False)):
         return None
     encoder._kept.clear()
-    encoder.hits = encoder.misses = 0
+    encoder._chars = encoder.hits = encoder.misses = 0
     return encoder

@@ -84,3 +84,16 @@ def test_a_tokenizer_whose_pieces_differ_is_encoded_whole() -> None:
     # a special token that takes the spaces around it matches differently from a plain split
     stripping = AddedToken("<|x|>", special=True, lstrip=True)
     assert for_tokenizer(trained(pre_tokenizers.Whitespace(), stripping)) is None
+
+
+def test_kept_pieces_stay_within_their_characters(tokenizer: Any) -> None:
+    from serving.engine.segments import SegmentEncoder
+
+    encoder = SegmentEncoder(tokenizer, ["<|im_start|>", "<|im_end|>"], kept_chars=4_000)
+    for i in range(40):  # forty different documents of ~400 characters
+        text = f"<|im_start|>user\ndocument {i}: " + "lorem ipsum dolor " * 22 + "<|im_end|>"
+        assert encoder.encode(text) == tokenizer.encode(text, add_special_tokens=False)
+        assert encoder._chars == sum(map(len, encoder._kept)) <= 4_000
+    huge = "<|im_start|>" + "a pasted file " * 100  # over a quarter of the budget: not kept
+    assert encoder.encode(huge) == tokenizer.encode(huge, add_special_tokens=False)
+    assert not any(len(p) > 1_000 for p in encoder._kept)
