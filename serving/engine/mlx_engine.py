@@ -84,6 +84,12 @@ KV_STEP = 256
 MIN_CHECKPOINT_TOKENS = 64
 # Renders of chats' system prompts and tools kept for `_checkpoints` (agents resend the same).
 HEAD_RENDERS_KEPT = 32
+# On a GPU the prompt batch frees MLX's buffer cache after a prefill chunk only past this
+# (lean_batch.LeanPromptBatch): a CUDA `clear_cache` costs more than a short prompt's forward.
+PROMPT_CACHE_KEEP_BYTES = 1 << 30
+# Cached tokens in the warm-up's long prefix (`_warm_up`): past MLX's switch to two-pass decode
+# attention at 1,024.
+WARMUP_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,12 @@ class MLXEngineConfig:
     speculative: Literal["auto", "off"] = "auto"
     # Tokens a sequence decodes in the batch after its drafts were mostly rejected.
     speculative_backoff_tokens: int = 64
+    # A request that may decode speculatively and finds the engine idle is prefilled outside the
+    # batch and delivers its first token at once (`_prefill_solo`); False: through the batch.
+    solo_prefill: bool = True
+    # Run a request's paths once on made-up tokens at load (`_warm_up`); None: on a GPU only (the
+    # CPU backend builds no kernels at run time).
+    warmup: bool | None = None
     # While at least `coalesce_streams` sequences decode together and steps are short enough that
     # a group of `coalesce_tokens` fills within `coalesce_hold_ms`, a stream's tokens after its
     # first are delivered `coalesce_tokens` at a time (none held longer than `coalesce_hold_ms`):
@@ -263,10 +275,12 @@ class MLXEngine:
         self._solo: _Solo | None = None  # the sequence decoding speculatively, if any
         self._spec = SpecStats()
         self._trimmable: bool | None = None  # whether the model's KV cache can roll back
+        self._solo_uid = 0  # the uids of solo-prefilled sequences count down from -1
         # Admitted to the engine thread, not yet in the batch: no free row or no room in the KV
         # budget (`_fill`); first come, first served.
         self._waiting: deque[LiveSequence] = deque()
         self._kv_token_bytes = 0  # one token's keys and values, all layers (measured at load)
+        self._keep_cache_bytes = 0  # MLX buffer cache kept after a prefill chunk (lean_batch.py)
 
     @classmethod
     def load(
@@ -650,6 +664,7 @@ class MLXEngine:
         # the characters (of the text) its token covers.
         self._max_token_chars = max((len(t) for t in tokenizer.vocab), default=1)
         self._stream_mx = mx.default_stream(mx.default_device())
+        self._keep_cache_bytes = PROMPT_CACHE_KEEP_BYTES if mx.default_device() == mx.gpu else 0
         conf = self.config
         self._prefix = open_store(
             self.model_name,
@@ -675,6 +690,53 @@ class MLXEngine:
         self._gen = self._new_generator()
         self._tokenizer = tokenizer
         self._segments = for_tokenizer(tokenizer._tokenizer)
+        warmup = self.config.warmup
+        if warmup is None:
+            warmup = mx.default_device() == mx.gpu
+        if warmup:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the paths of a request once on made-up tokens, before the first request: a
+        prompt through the batch, from nothing and from a cached prefix, and a solo prefill and
+        decode step on a long cache. On a GPU the first run of each kind of kernel builds it
+        (CUDA compiles them at run time: a fresh process's first agent turn took 116-155 ms
+        against 51-60 warm on an H200, its prefill of 38 tokens 26 ms against ~10), which
+        otherwise the first requests after every start pay. A long cache is zeros, not a
+        prefill: attention over >= 1,024 cached tokens uses other kernels than over a few."""
+        from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+        mx, model = self._mx, self._model
+        started = time.perf_counter()
+        prompt = [i % max(1, self._vocab_size) for i in range(1, 9)]
+        long = min(WARMUP_CONTEXT, max(0, self._context - 64))
+        with mx.stream(self._stream_mx):
+            cache = make_prompt_cache(model)
+            model(mx.array([prompt]), cache=cache)
+            mx.eval([c.state for c in cache])
+            if long and all(type(c) is KVCache for c in cache):
+                for c in cache:
+                    n_kv, dim = c.keys.shape[1], c.keys.shape[3]
+                    c.keys = mx.zeros((1, n_kv, long, dim), dtype=c.keys.dtype)
+                    c.values = mx.zeros((1, n_kv, long, c.values.shape[3]), dtype=c.values.dtype)
+                    c.offset = long
+                model(mx.array([prompt]), cache=cache)  # a solo prefill after a long prefix
+                mx.eval(model(mx.array([prompt[:1]]), cache=cache))  # its decode step
+                long_cache: list[Any] | None = cache
+            else:
+                long_cache = None
+        for caches in (None, [long_cache] if long_cache is not None else None):
+            (uid,) = self._gen.insert([prompt], max_tokens=[3], caches=caches)
+            for _ in range(16):  # a few steps: prefill, the first token, the rest
+                _, responses = self._gen.next()
+                if any(r.uid == uid and r.finish_reason for r in responses):
+                    break
+            else:
+                self._gen.remove([uid])
+        mx.clear_cache()
+        log.info(
+            "mlx engine %s: warmed up in %.2f s", self.model_name, time.perf_counter() - started
+        )
 
     def _load_weights(self) -> tuple[Any, Any]:
         """`load_model` in a helper thread that then waits until the engine stops.
@@ -714,7 +776,7 @@ class MLXEngine:
             stream=self._stream_mx,
         )
         # the uids whose rows' log-probabilities a step keeps (requests that report them)
-        self._report = install(gen).report
+        self._report = install(gen, keep_cache_bytes=self._keep_cache_bytes).report
         return gen
 
     def _serve_once(self) -> bool:
@@ -778,7 +840,10 @@ class MLXEngine:
                     self._counters.kv_waits += 1
                 return
             self._waiting.popleft()
-            self._admit(seq)
+            if self._may_prefill_solo(seq):
+                self._prefill_solo(seq)
+            else:
+                self._admit(seq)
 
     def _kv_room(self, seq: LiveSequence) -> bool:
         """Whether the batch's KV cache, with `seq` in it, fits the budget. mlx-lm's batch cache
@@ -793,20 +858,33 @@ class MLXEngine:
         rows = len(self._live) + 1
         return rows * (longest + KV_STEP) * self._kv_token_bytes <= cap
 
-    def _admit(self, seq: LiveSequence) -> None:
+    def _fetch_prefix(self, seq: LiveSequence) -> tuple[Any, list[int]]:
+        """The prefix cache's copy of the longest cached prefix of `seq`'s prompt (or None) and
+        the tokens left to prefill; registers the prompt's checkpoints."""
+        seq.admitted_ns = time.time_ns()
+        cache, rest = None, seq.prompt
+        if self._prefix is not None:
+            cache, rest = self._prefix.fetch(seq.prompt)
+            for n in seq.checkpoints:
+                self._prefix.want_checkpoint(seq.prompt[:n])
+        seq.cached_tokens = len(seq.prompt) - len(rest)
+        return cache, rest
+
+    def _admit(
+        self, seq: LiveSequence, prefilled: tuple[Any, list[int], Any, list[Any]] | None = None
+    ) -> None:
+        """Insert `seq` into the batch: from the prefix cache, or (`prefilled`) from the cache,
+        the tokens left, the sampler and the processors of a solo prefill handed over."""
         from serving.engine.sampling import make_logits_processors, make_sampler
 
         c = self._counters
-        seq.admitted_ns = time.time_ns()
         try:
-            cache, rest = None, seq.prompt
-            if self._prefix is not None:
-                cache, rest = self._prefix.fetch(seq.prompt)
-                for n in seq.checkpoints:
-                    self._prefix.want_checkpoint(seq.prompt[:n])
-            seq.cached_tokens = len(seq.prompt) - len(rest)
-            sampler = make_sampler(seq.params, self._vocab_size, self._shared_samplers)
-            processors = make_logits_processors(seq.params, len(seq.prompt))
+            if prefilled is None:
+                cache, rest = self._fetch_prefix(seq)
+                sampler = make_sampler(seq.params, self._vocab_size, self._shared_samplers)
+                processors = make_logits_processors(seq.params, len(seq.prompt))
+            else:
+                cache, rest, sampler, processors = prefilled
             if seq.matcher is not None:
                 from serving.engine.grammar import constrain
 
@@ -819,7 +897,7 @@ class MLXEngine:
                 [rest],
                 max_tokens=[seq.max_tokens],
                 caches=[cache] if cache is not None else None,
-                all_tokens=[seq.prompt[: seq.cached_tokens]],
+                all_tokens=[seq.prompt[: len(seq.prompt) - len(rest)]],
                 samplers=[sampler],
                 logits_processors=[processors],
                 stop_sequences=[self._eos_stops],
@@ -923,14 +1001,12 @@ class MLXEngine:
 
     # -- speculative decoding of a sequence that runs alone (speculative.py) ------------------------
 
-    def _may_go_solo(self) -> bool:
-        """One sequence is live, past its first token, and its output can be verified exactly."""
+    def _speculable(self, seq: LiveSequence) -> bool:
+        """Whether `seq` may decode speculatively: its output can be verified exactly, and the
+        model's cache can roll back."""
         from serving.engine.speculative import ineligible
 
-        if self.config.speculative != "auto" or len(self._live) != 1:
-            return False
-        (seq,) = self._live.values()
-        if not seq.started or seq.completion_tokens < seq.speculate_after:
+        if self.config.speculative != "auto" or seq.completion_tokens < seq.speculate_after:
             return False
         if ineligible(seq.params, seq.matcher is not None) is not None:
             return False
@@ -939,6 +1015,92 @@ class MLXEngine:
 
             self._trimmable = can_trim_prompt_cache(make_prompt_cache(self._model))
         return self._trimmable
+
+    def _may_go_solo(self) -> bool:
+        """One sequence is live, past its first token, and its output can be verified exactly."""
+        if len(self._live) != 1:
+            return False
+        (seq,) = self._live.values()
+        return seq.started and self._speculable(seq)
+
+    def _may_prefill_solo(self, seq: LiveSequence) -> bool:
+        """`seq` arrives at an idle engine with nobody behind it, and may decode speculatively:
+        it is prefilled outside the batch and stays there (`_prefill_solo`)."""
+        return (
+            not self._live
+            and self._solo is None
+            and not self._waiting
+            and self.config.solo_prefill
+            and self._speculable(seq)
+        )
+
+    def _prefill_solo(self, seq: LiveSequence) -> None:
+        """Prefill a lone sequence on its own cache, sample its first token and deliver it at
+        once, then decode it speculatively (`_spec_step`). The batch would prefill the same
+        tokens, but with a merged copy of the cached prefix, `mx.clear_cache()` after each chunk
+        (5-7 ms on CUDA), a split into the decode batch, and the first token delivered only
+        after the second step is launched: on an H200, ~20 ms of a warm agent turn's ~30 ms in
+        the engine (docs/decisions/solo-prefill.md). If a request arrives between chunks of a
+        long prompt, the sequence joins the batch with what it has prefilled."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        from serving.engine.lean_batch import release_cache
+        from serving.engine.sampling import make_logits_processors, make_sampler
+        from serving.engine.speculative import processed_logits, verify
+
+        mx = self._mx
+        self._solo_uid -= 1
+        seq.uid = self._solo_uid
+        try:
+            cache, rest = self._fetch_prefix(seq)
+            if cache is None:
+                cache = make_prompt_cache(self._model)
+            sampler = make_sampler(seq.params, self._vocab_size, self._shared_samplers)
+            processors = make_logits_processors(seq.params, len(seq.prompt))
+            step = max(1, self.config.prefill_step_size)
+            with mx.stream(self._stream_mx):
+                while len(rest) > step:
+                    self._model(mx.array([rest[:step]]), cache=cache)
+                    mx.eval([c.state for c in cache])
+                    release_cache(self._keep_cache_bytes)
+                    rest = rest[step:]
+                    if not self._inbox.empty():  # someone else came: share the prefill
+                        seq.uid = None
+                        self._admit(seq, (cache, rest, sampler, processors))
+                        return
+                logits = self._model(mx.array([rest]), cache=cache)[0, -1:, :]
+                logits = processed_logits(logits, seq.prompt, [], processors)
+                scaled = getattr(sampler, "scaled_logits", None)  # None: greedy
+                if scaled is not None:  # as `_spec_step`: greedy takes the raw argmax
+                    logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                _, token = verify(logits, [], scaled)
+                release_cache(self._keep_cache_bytes)
+            seq.detokenizer = self._tokenizer.detokenizer
+            self._live[seq.uid] = seq
+            self._counters.requests_total += 1
+            self._counters.prompt_tokens_total += len(seq.prompt)
+            deltas, _ = self._emit(seq, [token])
+        except Exception as exc:
+            log.exception("mlx engine: could not prefill %s", seq.request_id)
+            self._deliver(seq.send({}, self._failure(seq, exc)))
+            return
+        if deltas[-1].finish_reason is not None:
+            self._drop(seq)
+            self._keep_prefix(seq.prompt, cache)
+        else:
+            self._solo = _Solo(
+                seq=seq,
+                cache=cache,
+                drafter=NgramDrafter([*seq.prompt, token]),
+                sampler=sampler,
+                processors=processors,
+                length=DraftLength(),
+            )
+            self._counters.kv_bytes = sum(c.nbytes for c in cache)
+        out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for d in deltas:
+            seq.send(out, d)
+        self._deliver(out)
 
     def _go_solo(self) -> None:
         """Take the live sequence out of the batch with its cache. The batch has fed its last

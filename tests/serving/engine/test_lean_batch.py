@@ -83,3 +83,45 @@ def test_a_greedy_row_decodes_the_same_beside_a_sampled_one() -> None:
     mixed = decode(model, True, set(), sampled=5)
     for i in range(5):
         assert [t for t, _ in mixed[i]] == [t for t, _ in alone[i]]
+
+
+@pytest.mark.parametrize("keep", [0, 1 << 30], ids=["clear-each-chunk", "keep-1GiB"])
+def test_the_lean_prompt_batch_prefills_the_same_and_clears_only_past_its_bound(
+    keep: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompts of unequal lengths in chunks of 2 tokens (padding, several chunks): the same tokens
+    as mlx-lm's prompt batch; `mx.clear_cache()` after each chunk as mlx-lm does at keep 0, never
+    while MLX's cache holds less than `keep`."""
+    mx.random.seed(5)
+    model = llama.Model(llama.ModelArgs.from_dict(SHAPE))
+    mx.eval(model.parameters())
+    prompts = [[3, 1 + i, 8, 2 * i + 5, 6, 7, 11][: 3 + i] for i in range(4)]
+    clears = 0
+    clear = mx.clear_cache
+
+    def counted() -> None:
+        nonlocal clears
+        clears += 1
+        clear()
+
+    monkeypatch.setattr(mx, "clear_cache", counted)
+
+    def run(lean: bool) -> tuple[list[list[int]], int]:
+        nonlocal clears
+        clears = 0
+        gen = BatchGenerator(model, completion_batch_size=8, prefill_step_size=2)
+        if lean:
+            install(gen, keep_cache_bytes=keep)
+        uids = gen.insert(prompts, max_tokens=[5] * len(prompts))
+        out: dict[int, list[int]] = {u: [] for u in uids}
+        while len(gen._generation_batch) or gen._unprocessed_sequences or len(gen._prompt_batch):
+            for r in gen.next_generated():
+                out[r.uid].append(r.token)
+        gen.close()
+        return [out[u] for u in uids], clears
+
+    stock, stock_clears = run(lean=False)
+    lean, lean_clears = run(lean=True)
+    assert lean == stock
+    assert stock_clears >= 3  # several chunks, each cleared
+    assert lean_clears == (stock_clears if keep == 0 else 0)

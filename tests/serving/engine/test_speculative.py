@@ -268,3 +268,78 @@ def test_per_request_off_and_sampling_and_the_metrics(engine: MLXEngine) -> None
     assert steps in scraped
     assert f'impetus_speculative_tokens_per_step{{model="{MODEL}"}}' in scraped
     assert math.isfinite(after.speculative_tokens_per_step)
+
+
+# -- solo prefill: a lone request that may speculate never enters the batch ----------------------
+
+
+def batch_prompt_tokens(engine: MLXEngine) -> int:
+    """Prompt tokens mlx-lm's BatchGenerator has processed so far (its own counter)."""
+    return int(engine._gen._counters.prompt_tokens)
+
+
+def test_a_lone_request_is_prefilled_outside_the_batch(engine: MLXEngine) -> None:
+    first, second = chat_prompts(24)[21:23]
+    before = batch_prompt_tokens(engine)
+    run(engine, req("through-batch", first, max_tokens=3, speculative="off"))
+    assert batch_prompt_tokens(engine) > before  # the counter sees a batch prefill
+    before = batch_prompt_tokens(engine)
+    solo = run(engine, req("solo", second, max_tokens=6))
+    assert batch_prompt_tokens(engine) == before, "a lone request was prefilled in the batch"
+    assert solo[0].token_ids, "the first delta carries the first token"
+    # the same greedy tokens through the batch (from the prefix the solo run left behind)
+    assert tokens(solo) == tokens(run(engine, req("ref", second, max_tokens=6, speculative="off")))
+
+
+@pytest.fixture(scope="module")
+def small_steps(ready_models_dir: Path) -> Iterator[MLXEngine]:
+    """Prefill chunks of 16 tokens, no prefix cache: a long prompt takes many chunks. Warmed up
+    at load, as on a GPU."""
+    from pipelines.models.store import ModelStore
+
+    path = ModelStore(ready_models_dir).resolve(MODEL)
+    config = MLXEngineConfig(
+        max_batch_size=4, prefill_step_size=16, prefix_cache_bytes=0, warmup=True
+    )
+    eng = MLXEngine.load(path, MODEL, config=config)
+    yield eng
+    asyncio.run(eng.close())
+
+
+def test_the_warm_up_leaves_a_clean_engine(small_steps: MLXEngine) -> None:
+    engine = small_steps
+    # it ran prompts through the batch (from nothing and from a long cached prefix)...
+    assert batch_prompt_tokens(engine) >= 2 * 7
+    # ...and left nothing behind: no request counted, no row, no KV held
+    stats = engine.stats()
+    assert (stats.requests_total, stats.batch_size, stats.kv_cache_bytes) == (0, 0, 0)
+    assert not engine._gen._generation_batch.uids and not engine._gen._prompt_batch.uids
+    assert run(engine, req("after-warm-up", chat_prompts(1)[0], max_tokens=2))[-1].finish_reason
+
+
+@pytest.mark.slow
+def test_a_request_arriving_mid_prefill_joins_it_in_the_batch(small_steps: MLXEngine) -> None:
+    engine = small_steps
+    text_ = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(30))
+    long = [{"role": "user", "content": text_ + " Which line mentions a cat?"}]
+    short = chat_prompts(1)
+    long_alone = tokens(run(engine, req("long0", long, max_tokens=5, speculative="off")))
+    short_alone = tokens(run(engine, req("short0", short[0], max_tokens=5, speculative="off")))
+    n_long = engine.count_tokens(req("n", long))
+    n_short = engine.count_tokens(req("n", short[0]))
+    assert n_long > 20 * 16
+
+    async def overlapping() -> tuple[list[Delta], list[Delta]]:
+        first = asyncio.create_task(collect(engine, req("long1", long, max_tokens=5)))
+        await asyncio.sleep(0.15)  # a few of its ~40 chunks in
+        second = await collect(engine, req("short1", short[0], max_tokens=5))
+        return await first, second
+
+    before = batch_prompt_tokens(engine)
+    first, second = asyncio.run(overlapping())
+    shared = batch_prompt_tokens(engine) - before
+    assert tokens(first) == long_alone
+    assert tokens(second) == short_alone
+    # the batch prefilled the short prompt (all but its last token) and part of the long one's,
+    # not all of it: the long one had done a chunk or more alone
+    assert n_short + 16 <= shared <= n_long + n_short - 18, (shared, n_long, n_short)
