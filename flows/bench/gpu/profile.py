@@ -29,6 +29,7 @@ which the GPU machine's wheels leave out. `timed_generation_steps` is the same `
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import threading
 import time
@@ -294,6 +295,21 @@ class EngineProfile:
         return out
 
 
+def with_engine_config(overrides: dict[str, Any]) -> None:
+    """Make `MLXEngine.load` start from `MLXEngineConfig(**overrides)`."""
+    from dataclasses import replace
+
+    from serving.engine.mlx_engine import MLXEngine, MLXEngineConfig
+
+    load = MLXEngine.load.__func__  # type: ignore[attr-defined]
+
+    def load_with(cls: type[MLXEngine], *args: Any, **kwargs: Any) -> MLXEngine:
+        kwargs["config"] = replace(kwargs.get("config") or MLXEngineConfig(), **overrides)
+        return load(cls, *args, **kwargs)
+
+    MLXEngine.load = classmethod(load_with)  # type: ignore[method-assign,assignment]
+
+
 def main() -> None:
     """Impetus's app on 127.0.0.1:--port, as `impetus serve` runs it, with the profile's route."""
     parser = argparse.ArgumentParser()
@@ -306,6 +322,11 @@ def main() -> None:
         import sys
 
         sys.setswitchinterval(float(switch_ms) / 1000)
+    # An experiment (runner.py's impetus_pf* sides): MLXEngineConfig fields over their defaults,
+    # as JSON, e.g. {"prefill_batch_size": 64}.
+    engine_config = os.environ.get("IMPETUS_BENCH_ENGINE_CONFIG")
+    if engine_config:
+        with_engine_config(json.loads(engine_config))
     profile = EngineProfile()
     profile.install()
 
