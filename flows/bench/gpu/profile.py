@@ -92,6 +92,13 @@ TRACED: tuple[tuple[str, str | None, str], ...] = (
     ("serving.engine.prefix_store", "DiskTier", "_write"),
     ("serving.engine.mlx_engine", "MLXEngine", "_keep_prefix"),
     ("serving.engine.mlx_engine", "MLXEngine", "_serve_once"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_burst"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_prefill_solo"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_spec_step"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_deliver"),
+    ("serving.engine.speculative", None, "verify"),
+    ("serving.engine.speculative", None, "processed_logits"),
+    ("serving.engine.lean_batch", None, "release_cache"),
     # before the engine: templating, tokenizing, the checkpoint's render, the grammar
     ("serving.engine.mlx_engine", "MLXEngine", "generate"),
     ("serving.engine.mlx_engine", "MLXEngine", "_encode"),
@@ -117,6 +124,25 @@ class CallTrace:
             short = "mx" if module_name == "mlx.core" else module_name.rsplit(".", 1)[-1]
             name = f"{cls_name or short}.{fn_name}"
             setattr(owner, fn_name, self._wrap(name, getattr(owner, fn_name)))
+        self._trace_gc()
+
+    def _trace_gc(self) -> None:
+        """Python's garbage collections, as calls of `gc.collect<generation>`."""
+        import gc
+
+        started: dict[int, int] = {}
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            thread = threading.get_ident()
+            if phase == "start":
+                started[thread] = time.time_ns()
+            elif thread in started:
+                t = started.pop(thread)
+                name = f"gc.collect{info.get('generation', '?')}"
+                current = threading.current_thread().name
+                self.events.append((name, current, t, time.time_ns() - t, 0))
+
+        gc.callbacks.append(on_gc)
 
     def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         events, local = self.events, self._depth
