@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,33 @@ def ready_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     ModelStore(root).import_defaults()
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary server and SQLite database) for the flows that tests
+    run in this process and the CLI subprocesses they start (PREFECT_API_URL).
+
+    Defined here only: a session fixture imported into a test module or another conftest is
+    another fixture, with a harness of its own (each ~15-20 s of CPU to start here, then idling
+    to the session's end): seven such imports started up to eight harnesses per worker."""
+    try:
+        import prefect.server.api.server  # noqa: F401  (what the harness's server runs)
+        from prefect.testing.utilities import prefect_test_harness
+    except TypeError as e:
+        pytest.fail(
+            f"Prefect's server cannot start in this environment ({e}): Prefect 3.8 still passes "
+            "Body(min_items=...) which fastapi 0.155 removed; constrain fastapi<0.155"
+        )
+    # Prefect's events and log workers are process-wide and keep the API URL they were made
+    # with: one made by an earlier test in this process (a server's own Prefect child, under
+    # xdist) would send this session's task runs there. Stop them; the next ones use the harness.
+    from flows.ingest.runner import _flush_prefect_workers
+
+    _flush_prefect_workers()
+    # Prefect's server imports its whole API before answering; give a busy CI box time.
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 # A parameter id "ray" in a test's node id: [ray], [ray-dense], [on-ray].

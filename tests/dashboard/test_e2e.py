@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from flows.bench.server import launch, serve_argv, tail
-from tests.flows.conftest import prefect_harness  # noqa: F401 (session fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "serving" / "dashboard"
@@ -91,7 +90,7 @@ def _index_samples(url: str, key: str) -> None:
 def test_dashboard_end_to_end(
     tmp_path: Path,
     ready_models_dir: Path,
-    prefect_harness: None,  # noqa: F811
+    prefect_harness: None,
 ) -> None:
     reason = _missing()
     if reason:

@@ -4,6 +4,6 @@ test harness; servers are real `impetus serve` processes on 127.0.0.1."""
 
 from __future__ import annotations
 
-from tests.flows.conftest import data_dir, prefect_harness
+from tests.flows.conftest import data_dir
 
-__all__ = ["data_dir", "prefect_harness"]
+__all__ = ["data_dir"]  # prefect_harness: tests/conftest.py

@@ -1,6 +1,6 @@
 """Flows run against Prefect's test harness (a temporary server and SQLite database, started once
-per session by the tests that ask for `prefect_harness`); each test gets its own data_dir, with
-the built-in models made ready once."""
+per session by the tests that ask for `prefect_harness`, tests/conftest.py); each test gets its
+own data_dir, with the built-in models made ready once."""
 
 from __future__ import annotations
 
@@ -14,27 +14,6 @@ from typing import Any
 import pytest
 
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    try:
-        import prefect.server.api.server  # noqa: F401  (what the harness's server runs)
-        from prefect.testing.utilities import prefect_test_harness
-    except TypeError as e:
-        pytest.fail(
-            f"Prefect's server cannot start in this environment ({e}): Prefect 3.8 still passes "
-            "Body(min_items=...) which fastapi 0.155 removed; constrain fastapi<0.155"
-        )
-    # Prefect's events and log workers are process-wide and keep the API URL they were made
-    # with: one made by an earlier test in this process (a server's own Prefect child, under
-    # xdist) would send this session's task runs there. Stop them; the next ones use the harness.
-    from flows.ingest.runner import _flush_prefect_workers
-
-    _flush_prefect_workers()
-    # Prefect's server imports its whole API before answering; give a busy CI box time.
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def use_data_dir(data_dir: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.settings import PROJECT_ROOT
-from tests.flows.conftest import prefect_harness, run_cli  # noqa: F401 (session fixture)
+from tests.flows.conftest import run_cli
 
 # solo: `make test` runs it after the other tests, alone. Beside two busy pytest workers (Ray
 # clusters, Chromium, other servers) a minute's p95 of /v1/models reached 375 ms, which measured
@@ -25,7 +25,7 @@ CHEAP = ("health", "models", "metrics")
 def test_three_minute_soak_holds_the_bounds(
     data_dir: Path,
     tmp_path: Path,
-    prefect_harness: None,  # noqa: F811
+    prefect_harness: None,
 ) -> None:
     corpus = tmp_path / "corpus"  # small text documents: ingest in seconds, not a PDF parse
     corpus.mkdir()

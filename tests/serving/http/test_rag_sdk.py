@@ -16,7 +16,6 @@ import httpx
 import openai
 import pytest
 
-from tests.flows.conftest import prefect_harness  # noqa: F401 (session fixture)
 from tests.serving.servers import RunningServer
 
 COLLECTION = "rag-sdk"

@@ -23,7 +23,6 @@ from pipelines.lineage import Lineage, LineageError
 from pipelines.settings import load_settings
 from serving.engine.manager import ModelManager, mlx_engine_factory
 from serving.http.app import create_app
-from tests.flows.conftest import prefect_harness  # noqa: F401 (session fixture)
 from tests.serving.fakes import StoreWithFakes
 from tests.serving.http.test_auth import server_factory  # noqa: F401 (fixture)
 from tests.serving.http.test_rag_sdk import COLLECTION, CORPUS, indexed  # noqa: F401 (fixture)

@@ -35,7 +35,6 @@ from pipelines.settings import PROJECT_ROOT
 from serving.engine.manager import ModelManager, mlx_engine_factory
 from serving.http.app import create_app
 from serving.http.threaded import serve_in_thread
-from tests.flows.conftest import prefect_harness  # noqa: F401 (session fixture)
 from tests.serving.fakes import StoreWithFakes
 from tests.serving.http.fake_server import fake_servers
 from tests.serving.http.test_rag_sdk import CORPUS, wait_run

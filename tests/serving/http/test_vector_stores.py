@@ -16,7 +16,6 @@ import openai
 import pytest
 
 from pipelines.settings import PROJECT_ROOT
-from tests.flows.conftest import prefect_harness  # noqa: F401 (session fixture)
 from tests.serving.servers import RunningServer
 
 LIGHTHOUSE = (
