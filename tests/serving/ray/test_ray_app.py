@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pipelines.hardware import blas_preload
-from pipelines.settings import PROJECT_ROOT
+from pipelines.settings import PROJECT_ROOT, load_settings
 from serving.engine.base import (
     Constraint,
     Delta,
@@ -410,11 +410,10 @@ def test_metrics_report_the_replicas_engine_stats(ray_server: RunningServer) -> 
 
 
 @pytest.mark.slow
-def test_serve_run_runs_configs_serve_yaml(
-    tmp_path: Path, ready_models_dir: Path, ray_server: RunningServer
-) -> None:
+def test_serve_run_runs_configs_serve_yaml(tmp_path: Path, ready_models_dir: Path) -> None:
     """Ray Serve's own CLI on configs/serve.yaml (only the port changed), as its comments say."""
-    # `ray_server` first: its session-long cluster starts before this one, never after it.
+    # Not on the session's Ray server: under xdist this test then runs after that server's block
+    # (tests/conftest.py), when it has stopped, so its cluster is the only one on the machine.
     port = free_port()
     # the MLX engine when serving/engine/mlx_engine.py exists, else a FakeEngine (ray_support.py)
     config = write_serve_config(
@@ -433,7 +432,7 @@ def test_serve_run_runs_configs_serve_yaml(
         r = httpx.post(
             f"{url}/v1/chat/completions",
             json={
-                "model": ray_server.llm,
+                "model": load_settings().models.llm,
                 "messages": [{"role": "user", "content": "Say hi."}],
                 "max_tokens": 4,
             },
