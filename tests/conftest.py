@@ -81,14 +81,50 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     worker: the session's Ray server (tests/serving/ray_server.py) then starts once, and two Ray
     clusters never compete for this machine's cores. xdist's own `xdist_group` marker does not
     group under pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads: every
-    worker started its own Ray server), so the scheduler groups by node id itself."""
+    worker started its own Ray server), so the scheduler groups by node id itself.
+
+    The other tests go by module, as `--dist loadscope` would: a module's tests then share one
+    worker and its module fixtures (an in-process server with its models, an indexed corpus, a
+    converted Core ML package) are built once, not once on each worker that ran one of its tests.
+    The work queue keeps the collection's order with the Ray group first (its chain is the
+    longest), not loadscope's largest-module-first, which would leave the long one-test modules
+    (the Prefect outage, the benches) for the end."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling
 
     class RayGroupScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "ray" if on_ray(nodeid) else super()._split_scope(nodeid)
+            return "ray" if on_ray(nodeid) else nodeid.split("::", 1)[0]
+
+        def schedule(self) -> None:
+            # xdist 3.8's LoadScopeScheduling.schedule, with the work queue's order above
+            assert self.collection_is_completed
+            if self.collection is not None:
+                for node in self.nodes:
+                    self._reschedule(node)
+                return
+            if not self._check_nodes_have_same_collection():
+                self.log("**Different tests collected, aborting run**")
+                return
+            self.collection = list(next(iter(self.registered_collections.values())))
+            if not self.collection:
+                return
+            units: dict[str, dict[str, bool]] = {}
+            for nodeid in self.collection:
+                units.setdefault(self._split_scope(nodeid), {})[nodeid] = False
+            for scope in sorted(units, key=lambda scope: scope != "ray"):  # stable
+                self.workqueue[scope] = units[scope]
+            for _ in range(len(self.nodes) - len(self.workqueue)):
+                unused, _assigned = self.assigned_work.popitem()
+                unused.shutdown()
+            for node in self.nodes:
+                self._assign_work_unit(node)
+            for node in self.nodes:
+                self._reschedule(node)
+            if not self.workqueue:
+                for node in self.nodes:
+                    node.shutdown()
 
     return RayGroupScheduling(config, log)
 
