@@ -30,11 +30,11 @@ from pipelines.errors import ImpetusError
 YARDSTICK = "llama1b-bf16"
 # Experiments (runner.py): bare_lean / bare_thread: the bare loop on the engine's lean batch / in
 # a thread of its own; impetus_nohold: one SSE event per token; impetus_nospec: speculation off
-# (few streams); impetus_si: a 0.5 ms GIL switch interval; impetus_pf64: 64 prompts prefilled
-# together.
+# (few streams); impetus_si: a 0.5 ms GIL switch interval; impetus_pf64 / impetus_pf8: 64 prompts
+# prefilled together / 8 at a time (the default before prefill_batch_tokens).
 SIDES = (
     "bare", "bare_lean", "bare_thread", "impetus", "impetus_nohold", "impetus_nospec",
-    "impetus_si", "impetus_pf64", "mlx_lm",
+    "impetus_si", "impetus_pf64", "impetus_pf8", "mlx_lm",
 )  # fmt: skip
 CELL_METRICS = (
     "tps", "stream_tps_p50", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "itl_p95_ms", "failed",

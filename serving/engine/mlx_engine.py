@@ -99,6 +99,11 @@ class MLXEngineConfig:
     max_batch_size: int = 16  # sequences decoded together
     prefill_batch_size: int = 8  # prompts prefilled together
     prefill_step_size: int = 512  # prompt tokens per prefill chunk (one chunk between decode steps)
+    # More prompts prefilled together when they are short: as many as fit this many tokens of one
+    # chunk (at most max_batch_size, at least prefill_batch_size). None: 8192 on a GPU, where a
+    # burst of short prompts prefilled 8 at a time paid mlx-lm's per-chunk costs 8 times over
+    # (docs/decisions/solo-prefill.md); 0 on the CPU, where a longer chunk holds up decoding.
+    prefill_batch_tokens: int | None = None
     queue_limit: int = 64  # waiting + running sequences; past it generate raises QueueFullError
     retry_after: float = 1.0  # seconds, suggested to a client turned away
     prefix_cache_bytes: int = 512 << 20  # 0 turns the prefix cache off
@@ -281,6 +286,7 @@ class MLXEngine:
         self._waiting: deque[LiveSequence] = deque()
         self._kv_token_bytes = 0  # one token's keys and values, all layers (measured at load)
         self._keep_cache_bytes = 0  # MLX buffer cache kept after a prefill chunk (lean_batch.py)
+        self._prefill_tokens = 0  # prefill_batch_tokens, resolved at load
 
     @classmethod
     def load(
@@ -687,6 +693,9 @@ class MLXEngine:
         self._grammar = GrammarStep(
             int(cfg.get("vocab_size", 0)) or self._vocab_size, sorted(self._eos_ids)
         )
+        gpu = mx.default_device() == mx.gpu
+        budget = self.config.prefill_batch_tokens
+        self._prefill_tokens = (8192 if gpu else 0) if budget is None else budget
         self._gen = self._new_generator()
         self._tokenizer = tokenizer
         self._segments = for_tokenizer(tokenizer._tokenizer)
@@ -844,6 +853,17 @@ class MLXEngine:
                 self._prefill_solo(seq)
             else:
                 self._admit(seq)
+        if self._prefill_tokens:
+            self._size_prefill()
+
+    def _size_prefill(self) -> None:
+        """Prefill as many of the waiting prompts together as fit `prefill_batch_tokens` at the
+        longest one's chunk (mlx-lm pads the others to it)."""
+        gen, conf = self._gen, self.config
+        longest = max((sum(map(len, u[1])) for u in gen._unprocessed_sequences), default=0)
+        if longest:
+            rows = self._prefill_tokens // min(longest, max(1, conf.prefill_step_size))
+            gen.prefill_batch_size = max(conf.prefill_batch_size, min(conf.max_batch_size, rows))
 
     def _kv_room(self, seq: LiveSequence) -> bool:
         """Whether the batch's KV cache, with `seq` in it, fits the budget. mlx-lm's batch cache

@@ -29,8 +29,8 @@ SmolLM2's real weights (when stage.sh brought them); `--agent-turns N` (growing 
 the profiled server on `--agent-model`, restart it and play one more turn; `--shape-probe` times a
 40-token forward on a 2,400-token cache, on lengths new and seen. More `--sides` are
 experiments: `impetus_nospec` (speculation off, at 1-4 streams), `impetus_nohold` (one SSE event
-per token, at 16+), `impetus_si` (a 0.5 ms GIL switch interval, at 16+), `impetus_pf64` (64
-prompts prefilled together, not 8, at 16+), and the bare loop's
+per token, at 16+), `impetus_si` (a 0.5 ms GIL switch interval, at 16+), `impetus_pf8` (8
+prompts prefilled at a time, the default before `prefill_batch_tokens`, at 16+), and the bare loop's
 `bare_lean` (the engine's lean decode batch) and `bare_thread` (the loop in a thread of its own).
 """
 
@@ -429,14 +429,14 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
             ),
             [b for b in levels if b >= 16],
         ),
-        # Impetus prefilling up to 64 prompts together (8 by default), at many streams.
-        "impetus_pf64": (
+        # Impetus prefilling 8 prompts at a time (as before prefill_batch_tokens), at many streams.
+        "impetus_pf8": (
             lambda: impetus_server(
                 run,
                 spec.name,
                 max(levels),
-                "-pf64",
-                IMPETUS_BENCH_ENGINE_CONFIG='{"prefill_batch_size": 64}',
+                "-pf8",
+                IMPETUS_BENCH_ENGINE_CONFIG='{"prefill_batch_tokens": 0}',
             ),
             [b for b in levels if b >= 16],
         ),

@@ -343,3 +343,31 @@ def test_a_request_arriving_mid_prefill_joins_it_in_the_batch(small_steps: MLXEn
     # the batch prefilled the short prompt (all but its last token) and part of the long one's,
     # not all of it: the long one had done a chunk or more alone
     assert n_short + 16 <= shared <= n_long + n_short - 18, (shared, n_long, n_short)
+
+
+def test_short_prompts_are_prefilled_together_up_to_a_token_budget(ready_models_dir: Path) -> None:
+    """`prefill_batch_tokens`: a burst of short prompts is prefilled in one batch (here 6, past
+    `prefill_batch_size` 2), with the same greedy tokens as one at a time."""
+    from pipelines.models.store import ModelStore
+
+    path = ModelStore(ready_models_dir).resolve(MODEL)
+    config = MLXEngineConfig(
+        max_batch_size=6, prefill_batch_size=2, prefill_batch_tokens=2048, prefix_cache_bytes=0
+    )
+    engine = MLXEngine.load(path, MODEL, config=config)
+    try:
+        prompts = chat_prompts(6)
+        alone = [tokens(run(engine, req(f"a{i}", p, max_tokens=3))) for i, p in enumerate(prompts)]
+        assert engine._gen.prefill_batch_size >= 2
+
+        async def burst() -> list[list[Delta]]:
+            return await asyncio.gather(
+                *(collect(engine, req(f"b{i}", p, max_tokens=3)) for i, p in enumerate(prompts))
+            )
+
+        together = [tokens(d) for d in asyncio.run(burst())]
+        assert together == alone
+        longest = max(engine.count_tokens(req("n", p)) for p in prompts)
+        assert engine._gen.prefill_batch_size == min(6, 2048 // min(longest, 512)) == 6
+    finally:
+        asyncio.run(engine.close())
