@@ -77,9 +77,10 @@ def cell_metrics(cell: dict[str, Any]) -> dict[str, float]:
             for kind, ms in _probe_kinds(cell).items()
             for k in ("fresh_shape_ms", "seen_shape_ms")
         }
-    out = {m: float(cell[m]) for m in CELL_METRICS if m in cell}
+    out = {m: float(cell[m]) for m in CELL_METRICS if cell.get(m) is not None}
     prof = cell.get("profile") or {}
-    out.update({f"prof_{m}": float(prof[m]) for m in PROFILE_METRICS if m in prof})
+    # a profile without a full step (a level whose rows never all ran) has None figures
+    out.update({f"prof_{m}": float(prof[m]) for m in PROFILE_METRICS if prof.get(m) is not None})
     if prof.get("steps"):
         for thread, name in (("MainThread", "loop"), (f"mlx-engine-{cell['model']}", "engine")):
             cpu = prof.get("thread_cpu_s", {}).get(thread)

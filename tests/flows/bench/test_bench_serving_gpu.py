@@ -114,3 +114,19 @@ def test_a_shape_probe_reads_by_cache_kind_old_and_new() -> None:
     assert cell_metrics(old) == {"plain_fresh_shape_ms": 60.0, "plain_seen_shape_ms": 5.5}
     text = render_extras({"cells": [new]})
     assert "- plain: 60.0 / 5.5" in text and "- batch: 60.0 / 5.5" in text
+
+
+def test_a_level_without_batch_steps_logs_what_it_has() -> None:
+    """One stream decodes alone (solo prefill, speculation): no batch step, so the profile's step
+    figures are None; the level's own figures still log, the missing ones are left out."""
+    from flows.bench.serving_gpu import cell_metrics
+
+    cell = {
+        "model": "m", "side": "impetus", "streams": 1, "tps": 300.0, "ttft_p50_ms": 20.0,
+        "gen_step_ms": None,
+        "profile": {"steps": 0, "step_ms": None, "per_token_ms": None, "loop_lag_ms": 1.5},
+    }  # fmt: skip
+    m = cell_metrics(cell)
+    assert m["tps"] == 300.0 and m["ttft_p50_ms"] == 20.0
+    assert "gen_step_ms" not in m and "prof_step_ms" not in m
+    assert m["prof_loop_lag_ms"] == 1.5
