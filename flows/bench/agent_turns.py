@@ -192,8 +192,17 @@ def sample_caches(server: Server, folder: Path) -> dict[str, float]:
         "impetus_prefix_cache_disk_hits": "disk_hits",
     })  # fmt: skip
     files = [f for f in folder.rglob("*") if f.is_file()] if folder.exists() else []
-    m["folder_bytes"] = float(sum(f.stat().st_size for f in files))
+    m["folder_bytes"] = float(sum(_size(f) for f in files))
     return m
+
+
+def _size(path: Path) -> int:
+    """A file's size, 0 if it is gone: the disk tier writes `.tmp` files and renames them while
+    the folder is being summed (a quick agent-loop bench failed on one, 2026-12-05)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 # -- the measurements ---------------------------------------------------------------------------
