@@ -27,6 +27,10 @@ Seams, one sentence each:
   token, and it rejoins the batch (`insert` with its cache and tokens) as soon as another
   sequence is admitted, or for a while when its drafts are mostly rejected. Sequences the
   verifier cannot reproduce exactly (grammar, logprobs, seeded sampling) never leave the batch.
+  One that arrives at an idle engine never enters it: the engine prefills it on its own cache
+  and delivers its first token at once (`_prefill_solo`; docs/decisions/solo-prefill.md).
+- On a GPU a load ends with a warm-up (`_warm_up`), and waiting prompts are prefilled together up
+  to a token budget (`prefill_batch_tokens`).
 
 - The engine reads no wire format: it applies the chat template to a request's `messages` (with
   its `tools` as the template's argument), or tokenizes `prompt`, or takes `prompt_ids`, and
