@@ -964,7 +964,6 @@ class MLXEngine:
             return
         out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         stopped: list[int] = []
-        kept: list[tuple[list[int], Any]] = []  # finished sequences' caches, kept after delivery
         now = time.monotonic()
         hold = self._holding(now, len(responses))
         for r in responses:
@@ -985,14 +984,15 @@ class MLXEngine:
                     if r.finish_reason is None:  # a stop string: still in the batch
                         stopped.append(r.uid)
                     elif self._prefix is not None:
-                        kept.append((list(r.all_tokens), r.prompt_cache))
+                        self._keep_prefix(list(r.all_tokens), r.prompt_cache)
                 elif hold and seq.hold(delta, now, self._hold_tokens, self._hold_s):
                     continue
             seq.send(out, delta)
         if stopped:
             try:
                 caches = self._gen.remove(stopped, return_prompt_caches=self._prefix is not None)
-                kept += [(list(tokens), cache) for cache, tokens in caches.values()]
+                for cache, tokens in caches.values():
+                    self._keep_prefix(list(tokens), cache)
             except Exception:
                 log.exception("mlx engine: could not remove finished sequences; resetting")
                 self._fail_all(EngineError)
@@ -1000,11 +1000,6 @@ class MLXEngine:
         if stopped or self._steps % 32 == 0 or len(self._live) != len(responses):
             self._counters.kv_bytes = self._gen.prompt_cache_nbytes
         self._deliver(out)
-        # After the deltas are out: keeping evaluates each cache's slice (a copy) and may queue it
-        # for the disk tier, milliseconds a sequence on a GPU, which the streams' last tokens and
-        # the others' tokens of this step need not wait for.
-        for tokens, cache in kept:
-            self._keep_prefix(tokens, cache)
 
     def _holding(self, now: float, streams: int) -> bool:
         """Whether this step's deltas may be held back (`coalesce_*` in the config): enough
@@ -1113,9 +1108,9 @@ class MLXEngine:
             log.exception("mlx engine: could not prefill %s", seq.request_id)
             self._deliver(seq.send({}, self._failure(seq, exc)))
             return
-        finished = deltas[-1].finish_reason is not None
-        if finished:
+        if deltas[-1].finish_reason is not None:
             self._drop(seq)
+            self._keep_prefix(seq.prompt, cache)
         else:
             self._solo = _Solo(
                 seq=seq,
@@ -1130,8 +1125,6 @@ class MLXEngine:
         for d in deltas:
             seq.send(out, d)
         self._deliver(out)
-        if finished:  # after the delivery, as in `_step`
-            self._keep_prefix(seq.prompt, cache)
 
     def _go_solo(self) -> None:
         """Take the live sequence out of the batch with its cache. The batch has fed its last
@@ -1213,8 +1206,7 @@ class MLXEngine:
             self._deliver(seq.send({}, self._failure(seq, exc)))
             return
         self._spec.add(len(draft), accepted, len(emitted))
-        finished = deltas[-1].finish_reason is not None
-        if finished:
+        if deltas[-1].finish_reason is not None:
             self._solo = None
             self._drop(seq)
             fed = context + draft  # what the cache holds now
@@ -1225,6 +1217,7 @@ class MLXEngine:
             )
             trim_prompt_cache(solo.cache, len(fed) - keep)
             self._counters.kv_bytes = 0
+            self._keep_prefix(final[:keep], solo.cache)
         else:
             trim_prompt_cache(solo.cache, len(draft) - accepted)
             self._counters.kv_bytes = sum(c.nbytes for c in solo.cache)
@@ -1237,8 +1230,6 @@ class MLXEngine:
         for d in deltas:
             seq.send(out, d)
         self._deliver(out)
-        if finished:  # after the delivery, as in `_step`
-            self._keep_prefix(final[:keep], solo.cache)
 
     def _emit(self, seq: LiveSequence, tokens: list[int]) -> tuple[list[Delta], list[int]]:
         """The deltas of a step's tokens, in order, up to the first that ends the sequence
