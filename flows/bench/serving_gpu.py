@@ -54,6 +54,12 @@ PROFILE_COLUMNS = [
     ("lag", "to the event loop", ".2f"), ("loop_cpu", "event loop CPU", ".2f"),
     ("outside", "outside the forward", "s"),
 ]  # fmt: skip
+TIMELINE_COLUMNS = [
+    ("cell", "model, side, streams", "s"), ("reach", "requests reach the engine", "s"),
+    ("first_step", "first batch step", ".0f"), ("steps", "steps busy / span", "s"),
+    ("last_step", "last step ends", ".0f"), ("last_token", "client's last token", ".0f"),
+    ("end", "client's end", ".0f"),
+]  # fmt: skip
 PROFILED = ("impetus", "impetus_nohold")  # the sides whose engine step the profile table shows
 PROFILE_METRICS = (
     "step_ms", "gen_step_ms", "per_token_ms", "deliver_ms", "loop_lag_ms", "loop_callback_ms",
@@ -81,6 +87,8 @@ def cell_metrics(cell: dict[str, Any]) -> dict[str, float]:
     prof = cell.get("profile") or {}
     # a profile without a full step (a level whose rows never all ran) has None figures
     out.update({f"prof_{m}": float(prof[m]) for m in PROFILE_METRICS if prof.get(m) is not None})
+    # the profiled round's instants, ms from the client's start (runner.round_timeline)
+    out.update({f"prof_tl_{k}": float(v) for k, v in (prof.get("timeline") or {}).items()})
     if prof.get("steps"):
         for thread, name in (("MainThread", "loop"), (f"mlx-engine-{cell['model']}", "engine")):
             cpu = prof.get("thread_cpu_s", {}).get(thread)
@@ -320,7 +328,30 @@ def render_profile(results: dict[str, Any]) -> str:
                 }
             )
     head = "One decode step, ms (Impetus's engine thread; forward and sampling timed alone)\n\n"
-    return head + markdown(rows, PROFILE_COLUMNS)
+    return head + markdown(rows, PROFILE_COLUMNS) + render_timelines(results)
+
+
+def render_timelines(results: dict[str, Any]) -> str:
+    """Where each profiled round's wall time went (runner.round_timeline), ms from the client's
+    start; empty when no round had batch steps."""
+    rows = []
+    for c in results["cells"]:
+        tl = (c.get("profile") or {}).get("timeline")
+        if not tl:
+            continue
+        rows.append({
+            "cell": f"{c['model']} {c['side']} {c['streams']}",
+            "reach": f"{tl['first_generate']:.0f}–{tl['last_generate']:.0f}",
+            "first_step": tl["first_step"],
+            "steps": f"{tl['steps_busy_ms']:.0f} / {tl['steps_span_ms']:.0f}",
+            "last_step": tl["last_step_end"],
+            "last_token": tl["client_last_token"],
+            "end": tl["client_end"],
+        })  # fmt: skip
+    if not rows:
+        return ""
+    head = "\n\nThe profiled round, ms from the client's start (one clock for both processes)\n\n"
+    return head + markdown(rows, TIMELINE_COLUMNS)
 
 
 def to_result(results: dict[str, Any], source: str) -> BenchResult:

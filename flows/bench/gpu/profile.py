@@ -206,6 +206,11 @@ class EngineProfile:
         # (queued, admitted, first token) ns of each request, with the trace
         self.windows: list[tuple[int, int, int]] = []
         self.trace = CallTrace() if os.environ.get("IMPETUS_BENCH_TRACE") == "1" else None
+        # instants (time.perf_counter, CLOCK_MONOTONIC: the client's clock too) of the round:
+        # engine.generate calls, each step's start and end, each delivery
+        self.generated: list[float] = []
+        self.spans: list[tuple[float, float]] = []
+        self.delivered: list[float] = []
         self._scheduled: deque[float] = deque()
         self._current: dict[str, float] | None = None
         self._cpu0: dict[str, float] = {}
@@ -218,7 +223,11 @@ class EngineProfile:
 
         engine = mlx_engine.MLXEngine
         step, on_token, deliver = engine._step, engine._on_token, engine._deliver
-        admit = engine._admit
+        admit, generate = engine._admit, engine.generate
+
+        def generate_(this: Any, request: Any) -> Any:
+            self.generated.append(time.perf_counter())
+            return generate(this, request)
 
         def admit_(this: Any, seq: Any) -> None:
             t = time.perf_counter()
@@ -231,7 +240,9 @@ class EngineProfile:
             self._current = cur = {"rows": float(len(this._live))}
             t = time.perf_counter()
             step(this)
-            cur["step"] = time.perf_counter() - t
+            end = time.perf_counter()
+            cur["step"] = end - t
+            self.spans.append((t, end))
             self.steps.append(cur)
             self._current = None
 
@@ -249,6 +260,7 @@ class EngineProfile:
 
         def deliver_(this: Any, out: dict[Any, list[Any]]) -> None:
             now = time.perf_counter()
+            self.delivered.append(now)
             self._scheduled.extend(now for _ in out)
             add("deliver", deliver)(this, out)
 
@@ -273,6 +285,7 @@ class EngineProfile:
         engine._on_token = add("per_token", on_token)  # type: ignore[method-assign]
         engine._deliver = deliver_  # type: ignore[method-assign,assignment]
         engine._admit = admit_  # type: ignore[method-assign,assignment]
+        engine.generate = generate_  # type: ignore[method-assign,assignment]
         GenerationBatch.next = add("gen_step", gen_next)  # type: ignore[method-assign]
         mlx_engine._put_all = put_all_
         if self.trace is not None:
@@ -286,6 +299,9 @@ class EngineProfile:
         self.admit.clear()
         self.stages.clear()
         self.windows.clear()
+        self.generated.clear()
+        self.spans.clear()
+        self.delivered.clear()
         if self.trace is not None:
             self.trace.events.clear()
         self._cpu0 = thread_cpu_s()
@@ -309,10 +325,29 @@ class EngineProfile:
             out["first_token_trace"] = [
                 self.trace.window(q, f, before_ms=50.0) for q, _, f in self.windows
             ]
+        out["timeline"] = self.timeline()
         cpu = thread_cpu_s()
         out["wall_s"] = time.perf_counter() - self._t0
         out["thread_cpu_s"] = {k: v - self._cpu0.get(k, 0.0) for k, v in cpu.items()}
         return out
+
+    def timeline(self) -> dict[str, float] | None:
+        """The round's instants (perf_counter seconds; the client subtracts its own start): the
+        first and last request to reach the engine, the first step's start, the last step's
+        end, the last delivery; and the steps' own time against their span (the rest is the
+        engine loop between steps: admission, solo work, waiting for the inbox)."""
+        if not self.generated or not self.spans:
+            return None
+        busy = sum(end - start for start, end in self.spans)
+        return {
+            "first_generate": self.generated[0],
+            "last_generate": self.generated[-1],
+            "first_step": self.spans[0][0],
+            "last_step_end": self.spans[-1][1],
+            "last_deliver": max(self.delivered, default=self.spans[-1][1]),
+            "steps_busy_s": busy,
+            "steps_span_s": self.spans[-1][1] - self.spans[0][0],
+        }
 
     async def endpoint(self) -> dict[str, Any]:
         """POST /bench/profile: the report, then a fresh start."""

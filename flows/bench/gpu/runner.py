@@ -307,7 +307,9 @@ async def http_round(server: Server, streams: int, n: int) -> dict[str, Any]:
         tokens[id(body)] = got
         return ttft, got
 
+    started = time.perf_counter()
     result = await burst(server, [[b] for b in bodies], timeout_s=REQUEST_TIMEOUT_S, send=send)
+    ended = time.perf_counter()
     ok = [id(b) for b in bodies if id(b) in tokens]
     return {
         "streams": streams,
@@ -317,6 +319,7 @@ async def http_round(server: Server, streams: int, n: int) -> dict[str, Any]:
         "ttft_ms": result.ttft_ms,
         "failed": result.errors,
         "error_kinds": result.error_kinds,
+        "client": (started, ended, max((s[-1] for s in stamps.values() if s), default=ended)),
     }
 
 
@@ -335,8 +338,26 @@ def http_level(
             report = httpx.post(server.url + "/bench/profile", timeout=30).json()
     cell = pooled(rounds)
     if report is not None:
+        report["timeline"] = round_timeline(rounds[-1]["client"], report.get("timeline"))
         cell["profile"] = report
     return cell
+
+
+def round_timeline(
+    client: tuple[float, float, float], server: dict[str, float] | None
+) -> dict[str, float] | None:
+    """Where the profiled round's wall time went, ms from the client's start (one clock:
+    perf_counter is CLOCK_MONOTONIC in both processes): requests reaching the engine, the
+    engine's steps (busy and span), its last delivery, the client's last token and its end."""
+    if server is None:
+        return None
+    started, ended, last_token = client
+    out = {k: round((v - started) * 1000, 1) for k, v in server.items() if not k.endswith("_s")}
+    out["steps_busy_ms"] = round(server["steps_busy_s"] * 1000, 1)
+    out["steps_span_ms"] = round(server["steps_span_s"] * 1000, 1)
+    out["client_last_token"] = round((last_token - started) * 1000, 1)
+    out["client_end"] = round((ended - started) * 1000, 1)
+    return out
 
 
 def impetus_server(

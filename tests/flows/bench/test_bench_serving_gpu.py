@@ -135,3 +135,29 @@ def test_a_level_without_batch_steps_logs_what_it_has() -> None:
     assert m["tps"] == 300.0 and m["ttft_p50_ms"] == 20.0
     assert "gen_step_ms" not in m and "prof_step_ms" not in m
     assert m["prof_loop_lag_ms"] == 1.5
+
+
+def test_a_round_timeline_is_ms_from_the_clients_start_and_logs() -> None:
+    """The server's instants and the client's share one clock (CLOCK_MONOTONIC): the timeline
+    puts the engine's part of the profiled round between the client's start and its end."""
+    from flows.bench.gpu.runner import round_timeline
+    from flows.bench.serving_gpu import cell_metrics
+
+    server = {
+        "first_generate": 100.020, "last_generate": 100.030, "first_step": 100.050,
+        "last_step_end": 100.850, "last_deliver": 100.851, "steps_busy_s": 0.78,
+        "steps_span_s": 0.80,
+    }  # fmt: skip
+    tl = round_timeline((100.0, 100.9, 100.86), server)
+    assert tl is not None and round_timeline((100.0, 100.9, 100.86), None) is None
+    assert tl["first_generate"] == 20.0 and tl["first_step"] == 50.0
+    assert tl["steps_busy_ms"] == 780.0 and tl["steps_span_ms"] == 800.0
+    assert tl["client_last_token"] == 860.0 and tl["client_end"] == 900.0
+    cell = {"model": "m", "side": "impetus", "streams": 64, "tps": 9000.0,
+            "profile": {"steps": 128, "step_ms": 6.0, "timeline": tl}}  # fmt: skip
+    m = cell_metrics(cell)
+    assert m["prof_tl_first_step"] == 50.0 and m["prof_tl_client_end"] == 900.0
+    from flows.bench.serving_gpu import render_timelines
+
+    text = render_timelines({"cells": [cell]})
+    assert "| m impetus 64 | 20–30 | 50 | 780 / 800 | 850 | 860 | 900 |" in text
