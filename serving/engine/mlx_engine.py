@@ -964,6 +964,8 @@ class MLXEngine:
             return
         out: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         stopped: list[int] = []
+        kept: list[tuple[list[int], Any]] = []  # finished sequences' caches, kept after delivery
+        held = 0  # of them, sequences still counted as running until then
         now = time.monotonic()
         hold = self._holding(now, len(responses))
         for r in responses:
@@ -980,26 +982,27 @@ class MLXEngine:
                     stopped.append(r.uid)
             else:
                 if delta.finish_reason is not None:
-                    self._drop(seq)
+                    held += self._drop(seq, keeping=self._prefix is not None)
                     if r.finish_reason is None:  # a stop string: still in the batch
                         stopped.append(r.uid)
                     elif self._prefix is not None:
-                        self._keep_prefix(list(r.all_tokens), r.prompt_cache)
+                        kept.append((list(r.all_tokens), r.prompt_cache))
                 elif hold and seq.hold(delta, now, self._hold_tokens, self._hold_s):
                     continue
             seq.send(out, delta)
         if stopped:
             try:
                 caches = self._gen.remove(stopped, return_prompt_caches=self._prefix is not None)
-                for cache, tokens in caches.values():
-                    self._keep_prefix(list(tokens), cache)
+                kept += [(list(tokens), cache) for cache, tokens in caches.values()]
             except Exception:
                 log.exception("mlx engine: could not remove finished sequences; resetting")
                 self._fail_all(EngineError)
+                held = 0  # the reset counts nothing as running
         self._steps += 1
         if stopped or self._steps % 32 == 0 or len(self._live) != len(responses):
             self._counters.kv_bytes = self._gen.prompt_cache_nbytes
         self._deliver(out)
+        self._keep_prefixes(kept, held)
 
     def _holding(self, now: float, streams: int) -> bool:
         """Whether this step's deltas may be held back (`coalesce_*` in the config): enough
@@ -1108,9 +1111,9 @@ class MLXEngine:
             log.exception("mlx engine: could not prefill %s", seq.request_id)
             self._deliver(seq.send({}, self._failure(seq, exc)))
             return
-        if deltas[-1].finish_reason is not None:
-            self._drop(seq)
-            self._keep_prefix(seq.prompt, cache)
+        finished = deltas[-1].finish_reason is not None
+        if finished:
+            held = self._drop(seq, keeping=self._prefix is not None)
         else:
             self._solo = _Solo(
                 seq=seq,
@@ -1125,6 +1128,8 @@ class MLXEngine:
         for d in deltas:
             seq.send(out, d)
         self._deliver(out)
+        if finished:
+            self._keep_prefixes([(seq.prompt, cache)], held)
 
     def _go_solo(self) -> None:
         """Take the live sequence out of the batch with its cache. The batch has fed its last
@@ -1206,9 +1211,12 @@ class MLXEngine:
             self._deliver(seq.send({}, self._failure(seq, exc)))
             return
         self._spec.add(len(draft), accepted, len(emitted))
-        if deltas[-1].finish_reason is not None:
+        finished = deltas[-1].finish_reason is not None
+        kept: list[tuple[list[int], Any]] = []
+        held = 0
+        if finished:
             self._solo = None
-            self._drop(seq)
+            held = self._drop(seq, keeping=self._prefix is not None)
             fed = context + draft  # what the cache holds now
             final = context + emitted
             keep = len(context) + next(
@@ -1217,7 +1225,7 @@ class MLXEngine:
             )
             trim_prompt_cache(solo.cache, len(fed) - keep)
             self._counters.kv_bytes = 0
-            self._keep_prefix(final[:keep], solo.cache)
+            kept.append((final[:keep], solo.cache))
         else:
             trim_prompt_cache(solo.cache, len(draft) - accepted)
             self._counters.kv_bytes = sum(c.nbytes for c in solo.cache)
@@ -1230,6 +1238,8 @@ class MLXEngine:
         for d in deltas:
             seq.send(out, d)
         self._deliver(out)
+        if finished:
+            self._keep_prefixes(kept, held)
 
     def _emit(self, seq: LiveSequence, tokens: list[int]) -> tuple[list[Delta], list[int]]:
         """The deltas of a step's tokens, in order, up to the first that ends the sequence
@@ -1252,25 +1262,41 @@ class MLXEngine:
             text = self._token_texts[token] = str(self._tokenizer.decode([token]))
         return text
 
-    def _keep_prefix(self, tokens: list[int], cache: Any) -> None:
-        if self._prefix is None or not tokens or cache is None:
-            return
-        # A sequence's cache comes out of the batch as lazy slices (`BatchKVCache.extract`): kept
-        # unevaluated, each holds the whole batch's KV buffers alive while `nbytes` counts only
-        # its slice, so the byte cap never bit and RSS grew by GBs (the soak, issue 19).
-        # Evaluating copies the slice out and lets the batch buffers go.
-        from mlx.utils import tree_flatten
+    def _keep_prefixes(self, kept: list[tuple[list[int], Any]], held: int) -> None:
+        """Put finished sequences' caches in the prefix cache, after their last deltas went out:
+        keeping evaluates each cache's slice of the batch (a copy) and may queue it for the disk
+        tier, which the streams' last tokens need not wait for. The `held` sequences count as
+        running until then, so that a client who sees the engine idle sees all of its memory
+        counted (weights, live KV, prefix cache)."""
+        try:
+            kept = [(t, c) for t, c in kept if t and c is not None]
+            if self._prefix is None or not kept:
+                return
+            # A sequence's cache comes out of the batch as lazy slices (`BatchKVCache.extract`):
+            # kept unevaluated, each holds the whole batch's KV buffers alive while `nbytes`
+            # counts only its slice, so the byte cap never bit and RSS grew by GBs (the soak,
+            # issue 19). Evaluating copies the slices out and lets the batch buffers go: one
+            # `eval` for all of a step's, one wait for the device.
+            from mlx.utils import tree_flatten
 
-        mx = self._mx
-        flat: Any = tree_flatten([c.state for c in cache])
-        mx.eval([v for _, v in flat if isinstance(v, mx.array)])
-        self._prefix.insert(tokens, cache)
+            mx = self._mx
+            flat: Any = tree_flatten([[c.state for c in cache] for _, cache in kept])
+            mx.eval([v for _, v in flat if isinstance(v, mx.array)])
+            for tokens, cache in kept:
+                self._prefix.insert(tokens, cache)
+        finally:
+            self._counters.running -= held
 
-    def _drop(self, seq: LiveSequence) -> None:
+    def _drop(self, seq: LiveSequence, keeping: bool = False) -> int:
+        """Take `seq` out of the live set. With `keeping`, a sequence that counted as running
+        still does, until `_keep_prefixes` keeps its cache: returns 1 then, else 0."""
         seq.done = True
         self._report.discard(seq.uid or -1)
         if seq.uid is not None and self._live.pop(seq.uid, None) is not None and seq.started:
+            if keeping:
+                return 1
             self._counters.running -= 1
+        return 0
 
     def _failure(self, seq: LiveSequence, exc: BaseException) -> BaseException:
         self._drop(seq)

@@ -90,7 +90,7 @@ TRACED: tuple[tuple[str, str | None, str], ...] = (
     ("serving.engine.prefix_store", "PrefixStore", "fetch"),
     ("serving.engine.prefix_store", "PrefixStore", "insert"),
     ("serving.engine.prefix_store", "DiskTier", "_write"),
-    ("serving.engine.mlx_engine", "MLXEngine", "_keep_prefix"),
+    ("serving.engine.mlx_engine", "MLXEngine", "_keep_prefixes"),
     ("serving.engine.mlx_engine", "MLXEngine", "_serve_once"),
     ("serving.engine.mlx_engine", "MLXEngine", "_burst"),
     ("serving.engine.mlx_engine", "MLXEngine", "_prefill_solo"),

@@ -450,6 +450,48 @@ def test_prefix_cache_holds_no_more_memory_than_it_counts(engine: MLXEngine) -> 
     assert grown < 32 << 20, f"{grown >> 20} MB of MLX memory held beyond the counted caches"
 
 
+@pytest.mark.parametrize("streams", [1, 3])  # alone (solo prefill, speculation); in the batch
+def test_a_finished_streams_last_delta_goes_out_before_its_cache_is_kept(
+    engine: MLXEngine, streams: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keeping a finished sequence's cache (a copy out of the batch, a disk write queued) waits
+    until its step's deltas are delivered; until it is kept the sequence still counts as running,
+    so that a client who sees the engine idle sees its memory counted (the test above)."""
+    events: list[tuple[str, int]] = []
+    deliver, store = engine._deliver, engine._prefix
+    assert store is not None
+
+    def deliver_(out: dict[Any, list[Any]]) -> None:
+        finished = [d for items in out.values() for _, d in items
+                    if isinstance(d, Delta) and d.finish_reason is not None]  # fmt: skip
+        events.extend([("last delta", engine.stats().batch_size)] * len(finished))
+        deliver(out)
+
+    def insert(tokens: list[int], cache: Any) -> None:
+        events.append(("kept", engine.stats().batch_size))
+        type(store).insert(store, tokens, cache)
+
+    monkeypatch.setattr(engine, "_deliver", deliver_)
+    monkeypatch.setattr(store, "insert", insert)
+
+    async def burst() -> list[list[Delta]]:
+        return await asyncio.gather(
+            *(collect(engine, req(f"keep-{streams}-{j}", prompt=f"Count to {j + 3}:",
+                                  max_tokens=3 + j))
+              for j in range(streams))
+        )  # fmt: skip
+
+    outs = asyncio.run(burst())
+    wait_idle(engine)
+    assert all(o[-1].finish_reason == "length" for o in outs)
+    kinds = [k for k, _ in events]
+    assert kinds.count("last delta") == streams and kinds.count("kept") == streams
+    for i, (kind, running) in enumerate(events):
+        if kind == "kept":  # after a last delta went out, while its sequence still counts
+            assert "last delta" in kinds[:i] and running >= 1, events
+    assert engine.stats().batch_size == 0
+
+
 @pytest.mark.slow
 def test_close_ends_pending_requests(model_path: Path) -> None:
     before = _threads_of(MODEL)  # the module's engine has its own
