@@ -56,6 +56,7 @@ class Processes:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.started: list[subprocess.Popen[bytes]] = []
+        self.servers: list[subprocess.Popen[bytes]] = []
 
     def start(
         self, name: str, args: list[str], env: dict[str, str], cwd: Path | None = None
@@ -71,6 +72,8 @@ class Processes:
         )
         log.close()
         self.started.append(proc)
+        if name == "server":
+            self.servers.append(proc)
         return proc
 
     def tail(self, name: str) -> str:
@@ -92,7 +95,10 @@ class Processes:
             pass
 
     def stop_all(self) -> None:
-        for proc in reversed(self.started):
+        """Clients first (the worker, the clean run), newest first, then the servers: a Prefect
+        server asked to stop waits up to 30 s for the worker's open connections."""
+        newest_first = list(reversed(self.started))
+        for proc in sorted(newest_first, key=lambda p: p in self.servers):
             self.stop(proc)
 
 
