@@ -47,6 +47,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -121,9 +122,13 @@ class MLXEngineConfig:
     prefix_cache_disk_bytes: int = 0
     # An idle engine woken by a request takes, before its first step, the requests that follow
     # it by less than admit_gap_s (up to admit_window_s in all): a burst of clients starts as
-    # one prefill batch. A lone request waits admit_gap_s at most; 0 turns it off.
+    # one prefill batch. A lone request waits admit_gap_s at most; 0 turns it off. The wait is
+    # paid only while the engine has run two requests at once within admit_memory_s: one client
+    # at a time (an agent loop, a single user) never waits, and a first burst after a quiet
+    # spell starts with its first request alone (the others join it in the batch).
     admit_window_s: float = 0.02
     admit_gap_s: float = 0.003
+    admit_memory_s: float = 60.0
     max_context_tokens: int | None = None  # None: the model's max_position_embeddings
     # MLX's CPU backend computes float16 about 100x slower than float32, and its quantized matmul
     # does not use BLAS: on the CPU, dequantize to float32 (OpenBLAS GEMMs); Metal keeps 4-bit.
@@ -260,6 +265,7 @@ class MLXEngine:
         self._inbox: queue.SimpleQueue[tuple[str, LiveSequence | None]] = queue.SimpleQueue()
         self._slots = threading.Lock()
         self._admitted = 0
+        self._last_together = -math.inf  # time.monotonic() when two requests were last in flight
         self._closed = False
         self._ready = threading.Event()
         self._parked = threading.Event()  # set when the engine thread ends: frees the loader
@@ -455,6 +461,8 @@ class MLXEngine:
             if self._admitted >= self.config.queue_limit:
                 raise self._queue_full()
             self._admitted += 1
+            if self._admitted > 1:  # another request is in flight: bursts are worth waiting for
+                self._last_together = time.monotonic()
             seq.queued_ns = time.time_ns()
             self._inbox.put(("admit", seq))
         try:
@@ -831,6 +839,8 @@ class MLXEngine:
         out: list[tuple[str, LiveSequence | None]] = []
         if window <= 0 or gap <= 0:
             return out
+        if time.monotonic() - self._last_together > self.config.admit_memory_s:
+            return out  # no other client lately: nobody to wait for
         deadline = time.monotonic() + window
         while (left := deadline - time.monotonic()) > 0:
             try:

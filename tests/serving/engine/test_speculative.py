@@ -371,3 +371,37 @@ def test_short_prompts_are_prefilled_together_up_to_a_token_budget(ready_models_
         assert engine._gen.prefill_batch_size == min(6, 2048 // min(longest, 512)) == 6
     finally:
         asyncio.run(engine.close())
+
+
+def test_a_lone_client_never_waits_for_a_burst(ready_models_dir: Path) -> None:
+    """The burst wait (`admit_gap_s`) is paid only while requests have lately run together: a
+    fresh engine's lone request starts at once; after two ran at once, a lone request waits for
+    followers; `admit_memory_s` later it starts at once again. A 1 s gap makes the difference
+    plain on a busy machine (a gap of 3 ms is the default)."""
+    from pipelines.models.store import ModelStore
+
+    path = ModelStore(ready_models_dir).resolve(MODEL)
+    config = MLXEngineConfig(
+        admit_gap_s=1.0, admit_window_s=1.0, admit_memory_s=4.0, prefix_cache_bytes=0
+    )
+    engine = MLXEngine.load(path, MODEL, config=config)
+
+    def waited_s(rid: str) -> float:
+        deltas = run(engine, req(rid, [{"role": "user", "content": "Say hi."}], max_tokens=2))
+        t = deltas[-1].timings
+        assert t is not None
+        return (t.admitted_ns - t.queued_ns) / 1e9
+
+    async def two_at_once() -> list[list[Delta]]:
+        return await asyncio.gather(
+            *(collect(engine, req(f"b{i}", p, max_tokens=2)) for i, p in enumerate(chat_prompts(2)))
+        )
+
+    try:
+        assert waited_s("fresh") < 0.5
+        assert all(d[-1].finish_reason == "length" for d in asyncio.run(two_at_once()))
+        assert waited_s("after a burst") >= 0.9
+        time.sleep(4.2)
+        assert waited_s("after a quiet spell") < 0.5
+    finally:
+        asyncio.run(engine.close())
