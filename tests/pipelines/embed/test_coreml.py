@@ -42,8 +42,6 @@ REFERENCE = Path(__file__).parents[2] / "fixtures" / "minilm_reference" / "refer
 MINILM = "all-minilm-l6-v2"  # registry name of the bundled model
 ON_MACOS = sys.platform == "darwin"
 
-ct = import_coremltools()
-
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -181,7 +179,7 @@ def load_saved_program(package: Path) -> Any:
     """The MIL program stored in a saved .mlpackage (after coremltools' passes, float16)."""
     from coremltools.converters.mil.frontend.milproto.load import load
 
-    spec = ct.utils.load_spec(str(package))
+    spec = import_coremltools().utils.load_spec(str(package))
     weights = package / "Data" / "com.apple.CoreML" / "weights"
     return load(spec, spec.specificationVersion, file_weights_dir=str(weights))
 
@@ -403,7 +401,7 @@ def test_package_spec_inputs_outputs_precision(minilm_packages: Any) -> None:
         manifest = json.loads((package / "Manifest.json").read_text())
         paths = {e["path"] for e in manifest["itemInfoEntries"].values()}
         assert "com.apple.CoreML/model.mlmodel" in paths
-        spec = ct.utils.load_spec(str(package))
+        spec = import_coremltools().utils.load_spec(str(package))
         assert spec.WhichOneof("Type") == "mlProgram"
         assert spec.specificationVersion >= 7  # macOS 13 / iOS 16
         inputs = {i.name: i.type.multiArrayType for i in spec.description.input}
