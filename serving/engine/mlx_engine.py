@@ -123,12 +123,13 @@ class MLXEngineConfig:
     # An idle engine woken by a request takes, before its first step, the requests that follow
     # it by less than admit_gap_s (up to admit_window_s in all): a burst of clients starts as
     # one prefill batch. A lone request waits admit_gap_s at most; 0 turns it off. The wait is
-    # paid only while the engine has run two requests at once within admit_memory_s: one client
+    # paid only while two requests have been in flight at once within admit_memory_s: one client
     # at a time (an agent loop, a single user) never waits, and a first burst after a quiet
-    # spell starts with its first request alone (the others join it in the batch).
+    # spell starts with its first request alone (the others join it in the batch). None: every
+    # request waits (a fresh engine's first burst is prefilled together).
     admit_window_s: float = 0.02
     admit_gap_s: float = 0.003
-    admit_memory_s: float = 60.0
+    admit_memory_s: float | None = 60.0
     max_context_tokens: int | None = None  # None: the model's max_position_embeddings
     # MLX's CPU backend computes float16 about 100x slower than float32, and its quantized matmul
     # does not use BLAS: on the CPU, dequantize to float32 (OpenBLAS GEMMs); Metal keeps 4-bit.
@@ -839,7 +840,8 @@ class MLXEngine:
         out: list[tuple[str, LiveSequence | None]] = []
         if window <= 0 or gap <= 0:
             return out
-        if time.monotonic() - self._last_together > self.config.admit_memory_s:
+        memory = self.config.admit_memory_s
+        if memory is not None and time.monotonic() - self._last_together > memory:
             return out  # no other client lately: nobody to wait for
         deadline = time.monotonic() + window
         while (left := deadline - time.monotonic()) > 0:
@@ -1111,7 +1113,6 @@ class MLXEngine:
                 if scaled is not None:  # as `_spec_step`: greedy takes the raw argmax
                     logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
                 _, token = verify(logits, [], scaled)
-                release_cache(self._keep_cache_bytes)
             seq.detokenizer = self._tokenizer.detokenizer
             self._live[seq.uid] = seq
             self._counters.requests_total += 1
@@ -1138,6 +1139,9 @@ class MLXEngine:
         for d in deltas:
             seq.send(out, d)
         self._deliver(out)
+        # The last chunk's temporaries go back after the first token is out: on CUDA a release
+        # past the buffer cache's bound took 17-24 ms, once every ~10 warm agent turns.
+        release_cache(self._keep_cache_bytes)
         if finished:
             self._keep_prefixes([(seq.prompt, cache)], held)
 

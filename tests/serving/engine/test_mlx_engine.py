@@ -153,7 +153,11 @@ def test_busy_streams_get_their_tokens_in_groups_and_the_same_text(
     eng = MLXEngine.load(
         model_path,
         MODEL,
-        config=MLXEngineConfig(coalesce_streams=2, coalesce_tokens=3, coalesce_hold_ms=60_000),
+        # admit_memory_s None: the fresh engine waits for the burst (its first request would
+        # otherwise start alone, one token a delta, until the others join it)
+        config=MLXEngineConfig(
+            coalesce_streams=2, coalesce_tokens=3, coalesce_hold_ms=60_000, admit_memory_s=None
+        ),
         prefix_cache_bytes=0,
     )
     groups: dict[int, list[int]] = {}  # queue id -> tokens per delivery
