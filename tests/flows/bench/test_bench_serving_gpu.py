@@ -141,7 +141,7 @@ def test_a_round_timeline_is_ms_from_the_clients_start_and_logs() -> None:
     """The server's instants and the client's share one clock (CLOCK_MONOTONIC): the timeline
     puts the engine's part of the profiled round between the client's start and its end."""
     from flows.bench.gpu.runner import round_timeline
-    from flows.bench.serving_gpu import cell_metrics
+    from flows.bench.serving_gpu import cell_metrics, render_timelines
 
     server = {
         "first_generate": 100.020, "last_generate": 100.030, "first_step": 100.050,
@@ -157,7 +157,5 @@ def test_a_round_timeline_is_ms_from_the_clients_start_and_logs() -> None:
             "profile": {"steps": 128, "step_ms": 6.0, "timeline": tl}}  # fmt: skip
     m = cell_metrics(cell)
     assert m["prof_tl_first_step"] == 50.0 and m["prof_tl_client_end"] == 900.0
-    from flows.bench.serving_gpu import render_timelines
-
     text = render_timelines({"cells": [cell]})
     assert "| m impetus 64 | 20–30 | 50 | 780 / 800 | 850 | 860 | 900 |" in text
