@@ -57,6 +57,7 @@ PROFILE_COLUMNS = [
 TIMELINE_COLUMNS = [
     ("cell", "model, side, streams", "s"), ("reach", "requests reach the engine", "s"),
     ("first_step", "first batch step", ".0f"), ("steps", "steps busy / span", "s"),
+    ("fill", "admitting", "s"), ("first_tokens", "client's first tokens", "s"),
     ("last_step", "last step ends", ".0f"), ("last_token", "client's last token", ".0f"),
     ("end", "client's end", ".0f"),
 ]  # fmt: skip
@@ -344,6 +345,11 @@ def render_timelines(results: dict[str, Any]) -> str:
             "reach": f"{tl['first_generate']:.0f}–{tl['last_generate']:.0f}",
             "first_step": tl["first_step"],
             "steps": f"{tl['steps_busy_ms']:.0f} / {tl['steps_span_ms']:.0f}",
+            "fill": f"{tl['fill_busy_ms']:.0f}" if "fill_busy_ms" in tl else "–",
+            "first_tokens": (
+                f"{tl['client_first_token']:.0f}–{tl['client_all_started']:.0f}"
+                if "client_all_started" in tl else "–"
+            ),
             "last_step": tl["last_step_end"],
             "last_token": tl["client_last_token"],
             "end": tl["client_end"],

@@ -210,6 +210,7 @@ class EngineProfile:
         # engine.generate calls, each step's start and end, each delivery
         self.generated: list[float] = []
         self.spans: list[tuple[float, float]] = []
+        self.fills: list[float] = []  # each `_fill`'s duration (admission, solo prefill)
         self.delivered: list[float] = []
         self._scheduled: deque[float] = deque()
         self._current: dict[str, float] | None = None
@@ -223,11 +224,18 @@ class EngineProfile:
 
         engine = mlx_engine.MLXEngine
         step, on_token, deliver = engine._step, engine._on_token, engine._deliver
+        fill = engine._fill
         admit, generate = engine._admit, engine.generate
 
         def generate_(this: Any, request: Any) -> Any:
             self.generated.append(time.perf_counter())
             return generate(this, request)
+
+        def fill_(this: Any) -> None:
+            t = time.perf_counter()
+            fill(this)
+            if this._waiting or this._live:  # not an idle engine's empty fill
+                self.fills.append(time.perf_counter() - t)
 
         def admit_(this: Any, seq: Any) -> None:
             t = time.perf_counter()
@@ -285,6 +293,7 @@ class EngineProfile:
         engine._on_token = add("per_token", on_token)  # type: ignore[method-assign]
         engine._deliver = deliver_  # type: ignore[method-assign,assignment]
         engine._admit = admit_  # type: ignore[method-assign,assignment]
+        engine._fill = fill_  # type: ignore[method-assign,assignment]
         engine.generate = generate_  # type: ignore[method-assign,assignment]
         GenerationBatch.next = add("gen_step", gen_next)  # type: ignore[method-assign]
         mlx_engine._put_all = put_all_
@@ -301,6 +310,7 @@ class EngineProfile:
         self.windows.clear()
         self.generated.clear()
         self.spans.clear()
+        self.fills.clear()
         self.delivered.clear()
         if self.trace is not None:
             self.trace.events.clear()
@@ -334,8 +344,9 @@ class EngineProfile:
     def timeline(self) -> dict[str, float] | None:
         """The round's instants (perf_counter seconds; the client subtracts its own start): the
         first and last request to reach the engine, the first step's start, the last step's
-        end, the last delivery; and the steps' own time against their span (the rest is the
-        engine loop between steps: admission, solo work, waiting for the inbox)."""
+        end, the last delivery; the steps' own time against their span, and of the rest the
+        time spent admitting (`_fill`: the prefix cache's fetch, joining the batch, a solo
+        prefill); what is left is the loop's own work and waiting for the inbox."""
         if not self.generated or not self.spans:
             return None
         busy = sum(end - start for start, end in self.spans)
@@ -347,6 +358,7 @@ class EngineProfile:
             "last_deliver": max(self.delivered, default=self.spans[-1][1]),
             "steps_busy_s": busy,
             "steps_span_s": self.spans[-1][1] - self.spans[0][0],
+            "fill_busy_s": sum(self.fills),
         }
 
     async def endpoint(self) -> dict[str, Any]:

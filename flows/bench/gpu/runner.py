@@ -319,8 +319,17 @@ async def http_round(server: Server, streams: int, n: int) -> dict[str, Any]:
         "ttft_ms": result.ttft_ms,
         "failed": result.errors,
         "error_kinds": result.error_kinds,
-        "client": (started, ended, max((s[-1] for s in stamps.values() if s), default=ended)),
+        "client": client_instants(started, ended, [stamps[k] for k in ok]),
     }
+
+
+def client_instants(
+    started: float, ended: float, stamps: list[list[float]]
+) -> tuple[float, float, float, float, float]:
+    """(start, end, last token, first stream's first token, last stream's first token)."""
+    firsts = [s[0] for s in stamps if s] or [ended]
+    last = max((s[-1] for s in stamps if s), default=ended)
+    return started, ended, last, min(firsts), max(firsts)
 
 
 def http_level(
@@ -344,17 +353,22 @@ def http_level(
 
 
 def round_timeline(
-    client: tuple[float, float, float], server: dict[str, float] | None
+    client: tuple[float, ...], server: dict[str, float] | None
 ) -> dict[str, float] | None:
     """Where the profiled round's wall time went, ms from the client's start (one clock:
     perf_counter is CLOCK_MONOTONIC in both processes): requests reaching the engine, the
-    engine's steps (busy and span), its last delivery, the client's last token and its end."""
+    engine's steps (busy and span) and admissions, its last delivery, the client's first tokens
+    (the first stream's and the last one's), its last token and its end."""
     if server is None:
         return None
-    started, ended, last_token = client
+    started, ended, last_token, *firsts = client
     out = {k: round((v - started) * 1000, 1) for k, v in server.items() if not k.endswith("_s")}
-    out["steps_busy_ms"] = round(server["steps_busy_s"] * 1000, 1)
-    out["steps_span_ms"] = round(server["steps_span_s"] * 1000, 1)
+    for k in ("steps_busy", "steps_span", "fill_busy"):
+        if f"{k}_s" in server:
+            out[f"{k}_ms"] = round(server[f"{k}_s"] * 1000, 1)
+    if firsts:
+        out["client_first_token"] = round((firsts[0] - started) * 1000, 1)
+        out["client_all_started"] = round((firsts[1] - started) * 1000, 1)
     out["client_last_token"] = round((last_token - started) * 1000, 1)
     out["client_end"] = round((ended - started) * 1000, 1)
     return out
