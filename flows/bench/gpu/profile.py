@@ -212,6 +212,8 @@ class EngineProfile:
         self.spans: list[tuple[float, float]] = []
         self.fills: list[float] = []  # each `_fill`'s duration (admission, solo prefill)
         self.delivered: list[float] = []
+        # Python's garbage collections since the reset: generation -> [count, total s, max s]
+        self.gc: dict[int, list[float]] = {}
         self._scheduled: deque[float] = deque()
         self._current: dict[str, float] | None = None
         self._cpu0: dict[str, float] = {}
@@ -299,7 +301,27 @@ class EngineProfile:
         mlx_engine._put_all = put_all_
         if self.trace is not None:
             self.trace.install()
+        self._count_gc()
         self.reset()
+
+    def _count_gc(self) -> None:
+        """Time every garbage collection (a collection stops every thread that wants the GIL,
+        the engine's too)."""
+        import gc
+
+        started: list[float] = []
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started.append(time.perf_counter())
+            elif started:
+                dt = time.perf_counter() - started.pop()
+                entry = self.gc.setdefault(int(info.get("generation", -1)), [0, 0.0, 0.0])
+                entry[0] += 1
+                entry[1] += dt
+                entry[2] = max(entry[2], dt)
+
+        gc.callbacks.append(on_gc)
 
     def reset(self) -> None:
         self.steps.clear()
@@ -311,6 +333,7 @@ class EngineProfile:
         self.generated.clear()
         self.spans.clear()
         self.fills.clear()
+        self.gc.clear()
         self.delivered.clear()
         if self.trace is not None:
             self.trace.events.clear()
@@ -336,6 +359,10 @@ class EngineProfile:
                 self.trace.window(q, f, before_ms=50.0) for q, _, f in self.windows
             ]
         out["timeline"] = self.timeline()
+        out["gc"] = {  # generation: collections, total ms, longest ms
+            str(gen): [int(n), round(total * 1000, 2), round(top * 1000, 2)]
+            for gen, (n, total, top) in sorted(self.gc.items())
+        }
         cpu = thread_cpu_s()
         out["wall_s"] = time.perf_counter() - self._t0
         out["thread_cpu_s"] = {k: v - self._cpu0.get(k, 0.0) for k, v in cpu.items()}
