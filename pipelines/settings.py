@@ -117,6 +117,9 @@ class ServeSettings(_Section):
     kv_cache_bytes: int = Field(default=1 << 30, ge=0)
     # The prefix cache's disk tier under data_dir/prefix-cache, per LLM: bytes; 0: off.
     prefix_cache_disk_bytes: int = Field(default=0, ge=0)
+    # At start, the disk tier's most recently used entries are read into memory up to this many
+    # bytes (the last conversation before a restart resumes from memory); 0: none.
+    prefix_cache_preload_bytes: int = Field(default=256 << 20, ge=0)
     retry_after_s: float = Field(default=1.0, gt=0)
     # Prompt-lookup speculative decoding of a sequence that runs alone (serving/engine/
     # speculative.py); a request's `speculative: "off"` turns it off for that request.

@@ -210,7 +210,9 @@ AGENT_COLUMNS = [
     ("model", "model", "s"), ("turns", "turns (history kept)", "s"),
     ("cold", "turn 1 cold TTFT, ms", ".0f"), ("warm", "turns 2–N TTFT p50 / max, ms", "s"),
     ("warm_ratio", "p50 ÷ cold (≤ 0.2×)", ".2f"), ("restart", "after restart, ms", ".0f"),
-    ("restart_ratio", "÷ cold (≤ 0.3×)", ".2f"), ("memory", "memory tier max / cap, MiB", "s"),
+    ("restart_ratio", "÷ cold (≤ 0.3×)", ".2f"),
+    ("ondemand", "after restart, read by the turn: ms (÷ cold)", "s"),
+    ("memory", "memory tier max / cap, MiB", "s"),
     ("disk", "disk tier max / folder / cap, MiB", "s"),
 ]  # fmt: skip
 
@@ -251,6 +253,11 @@ def render_extras(results: dict[str, Any]) -> str:
             "warm_ratio": c["warm_ratio"],
             "restart": c["restart_ttft_ms"],
             "restart_ratio": c["restart_ratio"],
+            "ondemand": (
+                f"{c['ondemand_ttft_ms']:.0f} ({c['ondemand_ratio']:.2f}×)"
+                if "ondemand_ttft_ms" in c
+                else "–"
+            ),
             "memory": f"{c['memory_bytes_max'] * mib:.0f} / {c['memory_cap_bytes'] * mib:.0f}",
             "disk": f"{c['disk_bytes_max'] * mib:.0f} / {c['folder_bytes_max'] * mib:.0f} / "
             f"{c['disk_cap_bytes'] * mib:.0f}",

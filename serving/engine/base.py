@@ -147,6 +147,7 @@ class EngineStats:
     prefix_cache_disk_hits: int = 0
     prefix_cache_disk_bytes: int = 0
     prefix_cache_disk_limit_bytes: int = 0  # 0: no disk tier
+    prefix_cache_preloaded_bytes: int = 0  # read from disk into memory at load
     memory_bytes: int = 0  # weights + caches resident for this model
     kv_cache_bytes: int = 0  # the decode batch's KV cache
     kv_cache_limit_bytes: int = 0  # the budget it is held to (0: none)

@@ -452,6 +452,7 @@ def mlx_engine_factory(settings: Settings) -> EngineFactory:
             retry_after=s.retry_after_s,
             prefix_cache_dir=settings.data_dir / "prefix-cache",
             prefix_cache_disk_bytes=s.prefix_cache_disk_bytes,
+            prefix_cache_preload_bytes=s.prefix_cache_preload_bytes,
             speculative=s.speculative,
             coalesce_streams=s.coalesce_streams,
             coalesce_tokens=s.coalesce_tokens,

@@ -120,6 +120,9 @@ class MLXEngineConfig:
     # cap; None or 0 turns it off.
     prefix_cache_dir: Path | None = None
     prefix_cache_disk_bytes: int = 0
+    # At load, the disk tier's most recently used entries are read into memory up to this many
+    # bytes (PrefixStore.preload): after a restart the last conversation's state is in memory.
+    prefix_cache_preload_bytes: int = 256 << 20
     # An idle engine woken by a request takes, before its first step, the requests that follow
     # it by less than admit_gap_s (up to admit_window_s in all): a burst of clients starts as
     # one prefill batch. A lone request waits admit_gap_s at most; 0 turns it off. The wait is
@@ -313,6 +316,7 @@ class MLXEngine:
         retry_after: float | None = None,
         prefix_cache_dir: Path | None = None,
         prefix_cache_disk_bytes: int | None = None,
+        prefix_cache_preload_bytes: int | None = None,
         speculative: Literal["auto", "off"] | None = None,
         coalesce_streams: int | None = None,
         coalesce_tokens: int | None = None,
@@ -327,6 +331,7 @@ class MLXEngine:
             "retry_after": retry_after,
             "prefix_cache_dir": prefix_cache_dir,
             "prefix_cache_disk_bytes": prefix_cache_disk_bytes,
+            "prefix_cache_preload_bytes": prefix_cache_preload_bytes,
             "speculative": speculative,
             "coalesce_streams": coalesce_streams,
             "coalesce_tokens": coalesce_tokens,
@@ -418,6 +423,7 @@ class MLXEngine:
             prefix_cache_disk_hits=p.disk_hits,
             prefix_cache_disk_bytes=p.disk_bytes,
             prefix_cache_disk_limit_bytes=p.disk_limit_bytes,
+            prefix_cache_preloaded_bytes=p.preloaded_bytes,
             memory_bytes=self._weights_bytes + c.kv_bytes + p.memory_bytes,
             kv_cache_bytes=c.kv_bytes,
             kv_cache_limit_bytes=self.config.kv_cache_bytes,
@@ -717,6 +723,14 @@ class MLXEngine:
             warmup = mx.default_device() == mx.gpu
         if warmup:
             self._warm_up()
+        if self._prefix is not None and conf.prefix_cache_preload_bytes > 0:
+            started = time.perf_counter()
+            read = self._prefix.preload(conf.prefix_cache_preload_bytes)
+            if read:
+                log.info(
+                    "mlx engine %s: read %.0f MB of cached prefixes from disk in %.2f s",
+                    self.model_name, read / 1e6, time.perf_counter() - started,
+                )  # fmt: skip
 
     def _warm_up(self) -> None:
         """Run the paths of a request once on made-up tokens, before the first request: a

@@ -24,6 +24,11 @@ Seams, one sentence each (docs/decisions/prefix-cache-tiers.md says why):
   engine thread, on a miss in memory, and cost less than the prefill they replace.
 - The folder is scanned when the engine starts; a file that cannot be parsed, or was written for
   other weights or another model, is skipped with a warning (never an error to a client).
+- Then (`preload`) the most recently used files are read into the memory tier, newest first, up
+  to a byte budget: the conversation that was running before a restart finds its state in
+  memory, read from disk while the server started rather than in its first turn (as
+  PostgreSQL's autoprewarm reloads the buffers a server held). A file that is a prefix of one
+  already read is skipped (the longer entry serves it).
 """
 
 from __future__ import annotations
@@ -98,8 +103,9 @@ class PrefixStats:
     disk_bytes: int = 0
     disk_limit_bytes: int = 0  # 0: no disk tier
     memory_hits: int = 0
-    disk_hits: int = 0
+    disk_hits: int = 0  # read from disk by the fetch, or preloaded and hit for the first time
     misses: int = 0
+    preloaded_bytes: int = 0  # read from disk into memory at start-up (`preload`)
 
 
 # -- the disk tier ------------------------------------------------------------------------------
@@ -391,6 +397,7 @@ class PrefixStore:
         self.min_disk_gain = min_disk_gain
         self._stats = PrefixStats()
         self._wanted: OrderedDict[str, int] = OrderedDict()  # checkpoint key -> length
+        self._preloaded: list[np.ndarray] = []  # tokens of preloaded entries not yet hit
 
     def stats(self) -> PrefixStats:
         """A snapshot; any thread may ask."""
@@ -402,7 +409,42 @@ class PrefixStore:
             memory_hits=s.memory_hits,
             disk_hits=s.disk_hits,
             misses=s.misses,
+            preloaded_bytes=s.preloaded_bytes,
         )
+
+    def preload(self, budget_bytes: int) -> int:
+        """Read the disk tier's most recently used entries into the memory tier, newest first,
+        while they fit `budget_bytes` and the memory tier's cap; one that is a prefix of another
+        chosen is left out (the longer one serves it). Returns the bytes read. On CUDA the
+        arrays are copied on the device once read: `mx.load` fills host-side pages of managed
+        memory, which the GPU would otherwise migrate during the first turn's prefill (~37 ms
+        against ~10 on an H200)."""
+        if self.disk is None or self.memory is None:
+            return 0
+        import mlx.core as mx
+
+        budget = min(budget_bytes, self.memory.max_bytes)
+        chosen: list[DiskEntry] = []  # newest first
+        for entry in sorted(self.disk.entries(), key=lambda e: e.used, reverse=True):
+            if any(_starts_with(c.tokens, entry.tokens) for c in chosen):
+                continue  # a prefix of one chosen: served by it
+            kept = [c for c in chosen if not _starts_with(entry.tokens, c.tokens)]
+            if sum(c.nbytes for c in kept) + entry.nbytes <= budget:
+                chosen = [*kept, entry]  # the memory tier would drop its prefixes anyway
+        used = 0
+        for entry in sorted(chosen, key=lambda e: e.used):  # the newest inserted last
+            cache = self.disk.load(entry)
+            if cache is None:
+                continue
+            if _device_memory(mx):
+                for c in cache:
+                    c.keys, c.values = c.keys + 0, c.values + 0  # written by the GPU: on it
+                mx.eval([c.state for c in cache])
+            self.memory.insert_cache(self.model, entry.tokens.tolist(), cache)
+            self._preloaded.append(entry.tokens)
+            used += entry.nbytes
+        self._stats.preloaded_bytes = used
+        return used
 
     def fetch(self, tokens: list[int]) -> tuple[list[Any] | None, list[int]]:
         """The cache of the longest cached prefix of `tokens` (a copy, trimmed to it) and the
@@ -422,9 +464,22 @@ class PrefixStore:
             return loaded
         if cache is None:
             self._stats.misses += 1
+        elif self._from_preload(tokens, in_memory):
+            self._stats.disk_hits += 1  # read from disk at start-up
         else:
             self._stats.memory_hits += 1
         return cache, rest
+
+    def _from_preload(self, tokens: list[int], cached: int) -> bool:
+        """Whether a memory hit of `cached` tokens is the first one on a preloaded entry."""
+        if not self._preloaded:
+            return False
+        ids = np.asarray(tokens[:cached], dtype=np.int32)
+        for i, entry in enumerate(self._preloaded):
+            if common_prefix(entry, ids) >= cached:
+                del self._preloaded[i]
+                return True
+        return False
 
     def _fetch_disk(self, tokens: list[int], in_memory: int) -> tuple[list[Any], list[int]] | None:
         from mlx_lm.models.cache import trim_prompt_cache

@@ -64,6 +64,10 @@ class _EngineCollector(Collector):
                 "Cap on the prefix cache's files on disk (0: no disk tier)",
                 "prefix_cache_disk_limit_bytes",
             ),
+            "prefix_cache_preloaded_bytes": (
+                "Bytes of the prefix cache read from disk into memory at load",
+                "prefix_cache_preloaded_bytes",
+            ),
             "model_memory_bytes": ("Resident bytes of a loaded model", "memory_bytes"),
             "kv_cache_bytes": ("Bytes of the decode batch's KV cache", "kv_cache_bytes"),
             "kv_cache_limit_bytes": (

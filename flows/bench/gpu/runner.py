@@ -586,15 +586,21 @@ def agent_loop(run: Run, name: str, turns: int, history: int) -> dict[str, Any]:
     with impetus_server(run, name, 8, f"-agent{turns}-restarted", **env) as server:
         (restarted,) = play_turns(server, conv, 1, folder)
         profiles.append(httpx.post(server.url + "/bench/profile", timeout=30).json())
+    env["IMPETUS_SERVE__PREFIX_CACHE_PRELOAD_BYTES"] = "0"  # the next turn reads its own file
+    with impetus_server(run, name, 8, f"-agent{turns}-ondemand", **env) as server:
+        (ondemand,) = play_turns(server, conv, 1, folder)
+        profiles.append(httpx.post(server.url + "/bench/profile", timeout=30).json())
     shutil.rmtree(folder, ignore_errors=True)
-    out: dict[str, Any] = {**agent_metrics(played, restarted, cfg), "history": history}
+    out: dict[str, Any] = {
+        **agent_metrics(played, restarted, cfg, ondemand), "history": history,
+    }  # fmt: skip
     # the engine's side of each turn's TTFT (profile.py): admit, queued → admitted → first token
     keys = ("admit_ms", "queued_to_admitted_ms", "admitted_to_first_token_ms", "first_token_trace")
     out["engine"] = [{k: p.get(k) for k in keys} for p in profiles]
     out["turns"] = [
         {"ttft_ms": t.ttft_ms, "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens,
          **caches}
-        for t, caches in [*played, restarted]
+        for t, caches in [*played, restarted, ondemand]
     ]  # fmt: skip
     return out
 

@@ -49,12 +49,15 @@ def test_runner_results_log_as_an_mlflow_run(
     assert {c["tokens"] for c in bare.values()} == {4} and bare["bare_lean"]["gen_step_ms"] > 0
     agent = next(c for c in results["cells"] if c["side"] == "agent-1")
     # turn 1 cold, then after a restart turn 2 from the disk tier (the system prompt's checkpoint
-    # or the conversation's file), each with the engine's own view of its TTFT
+    # or the conversation's file) read at load, and after another restart turn 3 reading its
+    # own; each with the engine's own view of its TTFT
     assert agent["cold_prompt_tokens"] > 1000 and agent["restart_disk_hits"] == 1
+    assert agent["restart_preloaded_bytes"] > 0 and agent["ondemand_disk_hits"] == 1
     assert agent["restart_cached_tokens"] > agent["cold_prompt_tokens"] // 2
+    assert agent["ondemand_cached_tokens"] > agent["restart_cached_tokens"]
     assert agent["disk_bytes_max"] <= agent["disk_cap_bytes"]
     # each server's requests: a warm-up, then the turn(s)
-    assert [len(e["admitted_to_first_token_ms"]) for e in agent["engine"]] == [2, 2]
+    assert [len(e["admitted_to_first_token_ms"]) for e in agent["engine"]] == [2, 2, 2]
     impetus = next(c for c in results["cells"] if c["side"] == "impetus")
     assert impetus["tokens"] == 4 and impetus["failed"] == 0 and impetus["bw_fraction"] > 0
     # one stream never enters the batch (prefilled and decoded alone: solo prefill, speculation),

@@ -165,6 +165,63 @@ def test_corrupt_foreign_and_half_written_files_are_skipped(
     again.close()
 
 
+@pytest.mark.parametrize("device_memory", [False, True])
+def test_a_restart_preloads_the_newest_files_within_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_memory: bool
+) -> None:
+    """At load the newest files are read into memory, newest first, while they fit the budget; a
+    file that is a prefix of one read is skipped; the first hit on a preloaded entry counts as a
+    disk hit (it came from disk) and later ones as memory hits. On CUDA (forced here) the arrays
+    are copies made on the device, with the same values."""
+    import os
+    import time
+
+    monkeypatch.setattr(prefix_store, "_device_memory", lambda _mx: device_memory)
+    folder = tmp_path / "pc"
+    system = list(range(1000, 1100))
+    old = [*system, *range(50)]  # an older conversation
+    last = [*system, *range(500, 600)]  # the one running before the restart
+    store = PrefixStore("m", 64 << 20, disk(folder, 64 << 20))
+    caches = {}
+    for i, tokens in enumerate([old, last]):
+        caches[i] = kv(len(tokens), seed=i)
+        store.insert(tokens, caches[i])
+        store.want_checkpoint(system)
+    store.close()
+    by_len = {len(e.tokens): e for e in disk(folder, 64 << 20).entries()}
+    assert set(by_len) == {len(system), len(old), len(last)}  # the checkpoint, both conversations
+    now = time.time()
+    for age, n in ((30, len(old)), (20, len(system)), (10, len(last))):
+        path = folder / f"{by_len[n].key}.safetensors"
+        os.utime(path, (now - age, now - age))
+
+    # a budget for the newest file and the checkpoint, not for the older conversation
+    budget = by_len[len(last)].nbytes + by_len[len(system)].nbytes
+    again = PrefixStore("m", 64 << 20, disk(folder, 64 << 20))
+    assert again.preload(budget) == by_len[len(last)].nbytes  # the checkpoint is a prefix of it
+    s = again.stats()
+    assert s.preloaded_bytes == by_len[len(last)].nbytes and s.memory_bytes > 0
+    got, rest = again.fetch([*last, 7])
+    assert rest == [7] and got is not None
+    for mine, theirs in zip(got, caches[1], strict=True):
+        assert mx.array_equal(mine.state[0], theirs.keys).item()
+        assert mx.array_equal(mine.state[1], theirs.values).item()
+    assert (again.stats().disk_hits, again.stats().memory_hits) == (1, 0)
+    again.fetch([*last, 7])
+    assert (again.stats().disk_hits, again.stats().memory_hits) == (1, 1)
+    got, rest = again.fetch([*old, 3])  # not preloaded: read from disk now
+    assert rest == [3] and (again.stats().disk_hits, again.stats().memory_hits) == (2, 1)
+    again.close()
+
+    # the older conversation, read last, is now the newest file; the checkpoint is its prefix
+    small = PrefixStore("m", 64 << 20, disk(folder, 64 << 20))
+    assert small.preload(by_len[len(last)].nbytes - 1) == by_len[len(old)].nbytes
+    small.close()
+    none = PrefixStore("m", 0, disk(folder, 64 << 20))  # no memory tier: nothing to fill
+    assert none.preload(1 << 30) == 0
+    none.close()
+
+
 # -- the real engine across a restart ------------------------------------------------------------
 
 MODEL = "smollm2-135m-instruct"
@@ -182,13 +239,14 @@ def model_path(ready_models_dir: Path) -> Path:
     return ModelStore(ready_models_dir).resolve(MODEL)
 
 
-def answer(model_path: Path, folder: Path, messages: Any) -> tuple[str, int, Any]:
+def answer(model_path: Path, folder: Path, messages: Any, preload: int = 0) -> tuple[str, int, Any]:
     """One greedy answer from a freshly loaded engine (then closed): text, cached tokens, stats."""
     from serving.engine.mlx_engine import MLXEngine
 
     eng = MLXEngine.load(
-        model_path, MODEL, prefix_cache_dir=folder, prefix_cache_disk_bytes=256 << 20
-    )
+        model_path, MODEL, prefix_cache_dir=folder, prefix_cache_disk_bytes=256 << 20,
+        prefix_cache_preload_bytes=preload,
+    )  # fmt: skip
 
     async def run() -> tuple[str, int]:
         req = GenerationRequest(
@@ -209,10 +267,14 @@ def answer(model_path: Path, folder: Path, messages: Any) -> tuple[str, int, Any
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("preload", [0, 256 << 20])
 def test_after_a_restart_the_disk_tier_gives_the_cold_answer(
-    model_path: Path, tmp_path: Path
+    model_path: Path, tmp_path: Path, preload: int
 ) -> None:
-    cold, cached, stats = answer(model_path, tmp_path, CHAT)
+    """Read by the first turn (no preload) or at load (preload): the same answer, every prompt
+    token but the last from disk."""
+    cold, cached, stats = answer(model_path, tmp_path, CHAT, preload)
+    assert stats.prefix_cache_preloaded_bytes == 0  # an empty folder
     assert cached == 0 and stats.prefix_cache_disk_limit_bytes == 256 << 20
     (folder,) = tmp_path.glob("*/*")  # <model>/<weights fingerprint>
     files = DiskTier(folder, 256 << 20, model=MODEL, weights=folder.name)
@@ -222,8 +284,9 @@ def test_after_a_restart_the_disk_tier_gives_the_cold_answer(
     assert len(AGENT) // 8 < len(checkpoint.tokens) < len(whole.tokens) - 8
     assert np.array_equal(whole.tokens[: len(checkpoint.tokens)], checkpoint.tokens)
 
-    warm, cached, stats = answer(model_path, tmp_path, CHAT)
+    warm, cached, stats = answer(model_path, tmp_path, CHAT, preload)
     assert stats.prefix_cache_disk_hits == 1 and stats.prefix_cache_memory_hits == 0
+    assert stats.prefix_cache_preloaded_bytes == (whole.nbytes if preload else 0)
     assert cached == stats.prompt_tokens_total - 1  # all but the token that starts the answer
     assert warm == cold
 
