@@ -149,3 +149,41 @@ def test_the_load_record_follows_later_loads(tmp_path: Path) -> None:
         return seen
 
     assert asyncio.run(scenario()) == [("loaded", None), ("loaded", None), ("failed", None)]
+
+
+def test_loads_and_unloads_leave_the_heap_frozen_and_free_the_model(tmp_path: Path) -> None:
+    """After a load every object alive is out of the collector's full passes (gc.freeze); an
+    unload gives them back, so the model's objects, a reference cycle among them too, are
+    freed."""
+    import gc
+    import weakref
+
+    class Cyclic(FakeEngine):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.me = self  # a cycle: only the collector frees it
+
+    store = StoreWithFakes(tmp_path, llms=["a", "b"], sizes=dict.fromkeys("ab", MiB))
+    refs: list[weakref.ref[Cyclic]] = []
+
+    def engine(name: str, path: Path) -> Cyclic:
+        fake = Cyclic(name)
+        refs.append(weakref.ref(fake))
+        return fake
+
+    async def scenario() -> None:
+        manager = ModelManager(store, engine, default_model="a", memory_budget_bytes=1 << 40)
+        await manager.load("a")
+        await manager.load("b")
+        assert gc.get_freeze_count() > 0 and refs[1]() is not None
+        await manager.unload("b")
+        assert gc.get_freeze_count() == 0
+        await asyncio.sleep(0)  # the load's callbacks, which still hold b, run
+        gc.collect()  # as a full collection later would
+        assert refs[1]() is None and refs[0]() is not None  # b freed, a still loaded
+        await manager.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.unfreeze()
