@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 EngineFactory = Callable[[str, Path], Any]  # returns an Engine, or an awaitable of one
 
 
+GC_YOUNG_THRESHOLD = 10_000
+
+
 def settle_heap() -> None:
     """Collect garbage once, then move every object alive (the app, the loaded models' modules,
     tokenizers and caches) to the collector's permanent generation (`gc.freeze`), as vLLM, SGLang
@@ -50,7 +53,13 @@ def settle_heap() -> None:
     when a load has taken seconds anyway. Frozen objects are still freed by reference counting;
     an unload unfreezes them all (`thaw_heap`) so that the collector can free the model's
     reference cycles.
+
+    The youngest generation is collected every `GC_YOUNG_THRESHOLD` allocations, not Python's
+    700: streaming makes several objects per token per stream (121 young collections and 11 of
+    the middle one, 55 ms, in a 2.8 s round of 128 streams on the H200 machine), nearly all
+    freed by reference counting before any collection sees them.
     """
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -734,8 +734,8 @@ class MLXEngine:
 
     def _warm_up(self) -> None:
         """Run the paths of a request once on made-up tokens, before the first request: a
-        prompt through the batch, from nothing and from a cached prefix, and a solo prefill and
-        decode step on a long cache. On a GPU the first run of each kind of kernel builds it
+        prompt through the batch, from nothing and from a cached prefix, and solo prefills (8 and
+        64 tokens) and a decode step on a long cache. On a GPU the first run of each kind of kernel builds it
         (CUDA compiles them at run time: a fresh process's first agent turn took 116-155 ms
         against 51-60 warm on an H200, its prefill of 38 tokens 26 ms against ~10), which
         otherwise the first requests after every start pay. A long cache is zeros, not a
@@ -756,8 +756,13 @@ class MLXEngine:
                     c.keys = mx.zeros((1, n_kv, long, dim), dtype=c.keys.dtype)
                     c.values = mx.zeros((1, n_kv, long, c.values.shape[3]), dtype=c.values.dtype)
                     c.offset = long
-                model(mx.array([prompt]), cache=cache)  # a solo prefill after a long prefix
-                mx.eval(model(mx.array([prompt[:1]]), cache=cache))  # its decode step
+                # solo prefills after a long prefix: a few tokens, and an agent turn's few dozen
+                # (attention over a longer query is another kernel, built at its first use: a
+                # fresh process's first 61-token turn on a 3,500-token cache took 45-60 ms in
+                # the engine against ~10 warm on an H200, with only the 8-token one warmed)
+                for n in (len(prompt), 64):
+                    mx.eval(model(mx.array([(prompt * n)[:n]]), cache=cache))
+                mx.eval(model(mx.array([prompt[:1]]), cache=cache))  # a decode step
                 long_cache: list[Any] | None = cache
             else:
                 long_cache = None

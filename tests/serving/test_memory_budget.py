@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from pipelines.settings import load_settings
-from serving.engine.manager import InsufficientMemoryError, ModelManager
+from serving.engine.manager import GC_YOUNG_THRESHOLD, InsufficientMemoryError, ModelManager
 from serving.engine.memory import ProcessMemory, process_memory
 from tests.serving.fakes import FakeEngine, StoreWithFakes
 from tests.serving.servers import RunningServer
@@ -176,6 +176,7 @@ def test_loads_and_unloads_leave_the_heap_frozen_and_free_the_model(tmp_path: Pa
         await manager.load("a")
         await manager.load("b")
         assert gc.get_freeze_count() > 0 and refs[1]() is not None
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
         await manager.unload("b")
         assert gc.get_freeze_count() == 0
         await asyncio.sleep(0)  # the load's callbacks, which still hold b, run
@@ -183,7 +184,9 @@ def test_loads_and_unloads_leave_the_heap_frozen_and_free_the_model(tmp_path: Pa
         assert refs[1]() is None and refs[0]() is not None  # b freed, a still loaded
         await manager.close()
 
+    threshold = gc.get_threshold()
     try:
         asyncio.run(scenario())
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
