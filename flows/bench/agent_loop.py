@@ -85,11 +85,14 @@ def bench_agent_loop(cfg: AgentLoopConfig | None = None) -> BenchResult:
     server_settings = settings.model_copy(update={"data_dir": state})
     folder = state / "prefix-cache"
 
-    def serve(name: str, **env: str) -> AbstractContextManager[Server]:
+    def serve(name: str, preload: bool = True) -> AbstractContextManager[Server]:
         return impetus_serve(
             server_settings, log_dir, name=name,
             IMPETUS_SERVE__PREFIX_CACHE_BYTES=str(cfg.memory_bytes),
-            IMPETUS_SERVE__PREFIX_CACHE_DISK_BYTES=str(cfg.disk_bytes), **env,
+            IMPETUS_SERVE__PREFIX_CACHE_DISK_BYTES=str(cfg.disk_bytes),
+            IMPETUS_SERVE__PREFIX_CACHE_PRELOAD_BYTES=str(
+                server_settings.serve.prefix_cache_preload_bytes if preload else 0
+            ),
         )  # fmt: skip
 
     load_start = os.getloadavg()[0]

@@ -89,10 +89,13 @@ async def burst(
     path: str = "/v1/chat/completions",
     timeout_s: float = REQUEST_TIMEOUT_S,
     send: SendFn | None = None,
+    start_at: float | None = None,
 ) -> Burst:
     """One stream per entry of `streams`, all at once, each sending its request bodies back to
     back (to `path` with `stream_request`, or through `send`); a failed request is counted by
-    exception name and ends its stream."""
+    exception name and ends its stream. `start_at` (time.perf_counter, which is one clock for
+    every process of the machine): the client is made first, then the streams start then (the
+    parts of one burst sent from several processes)."""
     result = Burst(len(streams), 0, 0, 0.0, stream_tokens=[0] * len(streams))
     limits = httpx.Limits(max_connections=len(streams) + 2)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -115,6 +118,8 @@ async def burst(
                 result.stream_tokens[i] += tokens
                 result.requests += 1
 
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
         started = time.perf_counter()
         await asyncio.gather(*(stream(i) for i in range(len(streams))))
         result.wall_s = time.perf_counter() - started

@@ -294,9 +294,19 @@ def forward_ms(model: Any, rows: int, context: int, reps: int = 20) -> dict[str,
 # -- servers -------------------------------------------------------------------------------------
 
 
-async def http_round(server: Server, streams: int, n: int) -> dict[str, Any]:
-    """One burst of `streams` streamed chat requests (flows/bench/load.py), piece times kept."""
-    bodies = [{"messages": chat, "max_tokens": n, "temperature": 0.0} for chat in prompts(streams)]
+async def http_round(
+    server: Server,
+    streams: int,
+    n: int,
+    bodies: list[dict[str, Any]] | None = None,
+    start_at: float | None = None,
+) -> dict[str, Any]:
+    """One burst of `streams` streamed chat requests (flows/bench/load.py), piece times kept;
+    `bodies` and `start_at`: this process's part of a burst sent from several (`client_part`)."""
+    if bodies is None:
+        bodies = [
+            {"messages": chat, "max_tokens": n, "temperature": 0.0} for chat in prompts(streams)
+        ]
     stamps: dict[int, list[float]] = {id(b): [] for b in bodies}
     tokens: dict[int, int] = {}
 
@@ -307,8 +317,10 @@ async def http_round(server: Server, streams: int, n: int) -> dict[str, Any]:
         tokens[id(body)] = got
         return ttft, got
 
-    started = time.perf_counter()
-    result = await burst(server, [[b] for b in bodies], timeout_s=REQUEST_TIMEOUT_S, send=send)
+    started = time.perf_counter() if start_at is None else start_at
+    result = await burst(
+        server, [[b] for b in bodies], timeout_s=REQUEST_TIMEOUT_S, send=send, start_at=start_at
+    )
     ended = time.perf_counter()
     ok = [id(b) for b in bodies if id(b) in tokens]
     return {
@@ -320,6 +332,62 @@ async def http_round(server: Server, streams: int, n: int) -> dict[str, Any]:
         "failed": result.errors,
         "error_kinds": result.error_kinds,
         "client": client_instants(started, ended, [stamps[k] for k in ok]),
+    }
+
+
+# Streams per client process: one Python process reading 128 streams' events (httpx, JSON) was
+# still starting them 200 ms after the first on the H200 machine, while the server had them all.
+CLIENT_STREAMS = 16
+
+
+def client_procs(streams: int) -> int:
+    """Client processes for a burst of `streams`: one per CLIENT_STREAMS, at most half the cores
+    (the server keeps the rest): 1 on a small machine."""
+    return max(1, min(-(-streams // CLIENT_STREAMS), (os.cpu_count() or 2) // 2))
+
+
+def client_part(
+    target: tuple[str, str, str, dict[str, str]],
+    streams: int,
+    n: int,
+    bodies: list[dict[str, Any]],
+    start_at: float,
+) -> dict[str, Any]:
+    """A client process's part of a burst (`http_burst`): its bodies, started at `start_at`."""
+    name, url, model, headers = target
+    server = Server(name, url, model, proc=None, log=Path(), headers=headers)  # type: ignore[arg-type]
+    return asyncio.run(http_round(server, streams, n, bodies, start_at))
+
+
+def http_burst(server: Server, streams: int, n: int, pool: Any | None) -> dict[str, Any]:
+    """One round: from this process, or (`pool` of client processes) its streams dealt out
+    among them, all started at one instant; their results merged as one round's."""
+    if pool is None:
+        return asyncio.run(http_round(server, streams, n))
+    bodies = [{"messages": chat, "max_tokens": n, "temperature": 0.0} for chat in prompts(streams)]
+    procs = pool._max_workers
+    target = (server.name, server.url, server.model, dict(server.headers))
+    start_at = time.perf_counter() + 0.3  # every process has made its client by then
+    parts = [
+        pool.submit(client_part, target, streams, n, bodies[i::procs], start_at)
+        for i in range(procs)
+    ]
+    got = [p.result() for p in parts]
+    ended = max(g["client"][1] for g in got)
+    stamps = [s for g in got for s in g["stamps"]]
+    kinds: dict[str, int] = {}
+    for g in got:
+        for kind, count in g["error_kinds"].items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    return {
+        "streams": streams,
+        "wall_s": ended - start_at,
+        "tokens": [t for g in got for t in g["tokens"]],
+        "stamps": stamps,
+        "ttft_ms": [t for g in got for t in g["ttft_ms"]],
+        "failed": sum(g["failed"] for g in got),
+        "error_kinds": kinds,
+        "client": client_instants(start_at, ended, stamps),
     }
 
 
@@ -335,17 +403,29 @@ def client_instants(
 def http_level(
     server: Server, streams: int, args: argparse.Namespace, profile: bool
 ) -> dict[str, Any]:
-    asyncio.run(http_round(server, streams, args.max_tokens))  # warm-up
-    rounds = []
-    report = None
-    for i in range(args.rounds):
-        last = i == args.rounds - 1
-        if profile and last:
-            httpx.post(server.url + "/bench/profile", timeout=30).raise_for_status()
-        rounds.append(asyncio.run(http_round(server, streams, args.max_tokens)))
-        if profile and last:
-            report = httpx.post(server.url + "/bench/profile", timeout=30).json()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    procs = client_procs(streams)
+    pool = None
+    if procs > 1:  # spawned: this process may hold a CUDA context, which a fork must not copy
+        pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        http_burst(server, streams, args.max_tokens, pool)  # warm-up (and the processes up)
+        rounds = []
+        report = None
+        for i in range(args.rounds):
+            last = i == args.rounds - 1
+            if profile and last:
+                httpx.post(server.url + "/bench/profile", timeout=30).raise_for_status()
+            rounds.append(http_burst(server, streams, args.max_tokens, pool))
+            if profile and last:
+                report = httpx.post(server.url + "/bench/profile", timeout=30).json()
+    finally:
+        if pool is not None:
+            pool.shutdown()
     cell = pooled(rounds)
+    cell["client_procs"] = procs
     if report is not None:
         report["timeline"] = round_timeline(rounds[-1]["client"], report.get("timeline"))
         cell["profile"] = report

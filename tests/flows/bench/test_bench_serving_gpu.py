@@ -181,3 +181,29 @@ def test_client_instants_take_each_streams_first_and_last_token() -> None:
 
     assert client_instants(1.0, 9.0, [[2.0, 5.0], [3.0, 7.0], []]) == (1.0, 9.0, 7.0, 2.0, 3.0)
     assert client_instants(1.0, 9.0, []) == (1.0, 9.0, 9.0, 9.0, 9.0)  # nothing arrived
+
+
+def test_a_burst_from_several_client_processes_merges_as_one_round(tmp_path: Path) -> None:
+    """A round's streams dealt out among spawned client processes (the GPU machine runs one per
+    16 streams) start at one instant and come back as one round: every stream's tokens, its
+    piece times on the clock that all processes share, inside the round's start and end."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from flows.bench.gpu.runner import client_procs, http_burst
+    from flows.bench.server import Server
+    from tests.serving.http.fake_server import fake_servers
+
+    assert client_procs(1) == 1 and client_procs(128) <= max(1, (os.cpu_count() or 2) // 2)
+    with fake_servers(tmp_path) as start:
+        url = start().url
+        server = Server("fake", url, "fake-llm", proc=None, log=Path())  # type: ignore[arg-type]
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+            got = http_burst(server, 6, 4, pool)
+    assert got["failed"] == 0 and got["streams"] == 6
+    assert len(got["tokens"]) == 6 and all(t > 0 for t in got["tokens"])
+    started, ended, last, first, all_started = got["client"]
+    assert started <= first <= all_started <= last <= ended
+    assert got["wall_s"] == pytest.approx(ended - started)
+    assert all(started <= t <= ended for s in got["stamps"] for t in s)
