@@ -102,9 +102,7 @@ def bench_agent_loop(cfg: AgentLoopConfig | None = None) -> BenchResult:
     with serve("impetus-restarted") as server:
         (restarted,) = run_turns(server, conv, 1, folder)
     # again, with no files read at load: the next turn reads its own
-    with serve(
-        "impetus-restarted-ondemand", IMPETUS_SERVE__PREFIX_CACHE_PRELOAD_BYTES="0"
-    ) as server:
+    with serve("impetus-restarted-ondemand", preload=False) as server:
         (ondemand,) = run_turns(server, conv, 1, folder)
     shutil.rmtree(folder, ignore_errors=True)  # up to disk_bytes of KV files: not worth keeping
     metrics = agent_metrics(turns, restarted, cfg, ondemand)
