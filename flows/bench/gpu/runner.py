@@ -30,7 +30,8 @@ the profiled server on `--agent-model`, restart it and play one more turn; `--sh
 40-token forward on a 2,400-token cache, on lengths new and seen. More `--sides` are
 experiments: `impetus_nospec` (speculation off, at 1-4 streams), `impetus_nohold` (one SSE event
 per token, at 16+), `impetus_si` (a 0.5 ms GIL switch interval, at 16+), `impetus_pf8` (8
-prompts prefilled at a time, the default before `prefill_batch_tokens`, at 16+), and the bare loop's
+prompts prefilled at a time, the default before `prefill_batch_tokens`, at 16+), `impetus_nocache`
+(no prefix cache: each round's prompts prefilled again, at 16+), and the bare loop's
 `bare_lean` (the engine's lean decode batch) and `bare_thread` (the loop in a thread of its own).
 """
 
@@ -552,6 +553,14 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
                 max(levels),
                 "-pf8",
                 IMPETUS_BENCH_ENGINE_CONFIG='{"prefill_batch_tokens": 0}',
+            ),
+            [b for b in levels if b >= 16],
+        ),
+        # Impetus without a prefix cache (every round's prompts prefilled, not merged from the
+        # previous round's cached copies), at many streams.
+        "impetus_nocache": (
+            lambda: impetus_server(
+                run, spec.name, max(levels), "-nocache", IMPETUS_SERVE__PREFIX_CACHE_BYTES="0"
             ),
             [b for b in levels if b >= 16],
         ),
