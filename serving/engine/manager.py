@@ -49,8 +49,9 @@ def settle_heap() -> None:
     tokenizers and caches) to the collector's permanent generation (`gc.freeze`), as vLLM, SGLang
     and Ray Serve do after start-up: Python's full collections otherwise walk them all, ~50-70 ms
     with one small model loaded on this CPU, with every thread stopped, engine threads included.
-    Called after start-up and after each load; a full collection there pauses the process once,
-    when a load has taken seconds anyway. Frozen objects are still freed by reference counting;
+    Called after each load (the app's own objects are alive by then too; not in the app's
+    start-up, where a full collection of a test process's heap delayed readiness past a 1 s
+    load); the collection pauses the process once, when a load has taken seconds anyway. Frozen objects are still freed by reference counting;
     an unload unfreezes them all (`thaw_heap`) so that the collector can free the model's
     reference cycles.
 

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines import tracing
-from serving.engine.manager import ModelManager, settle_heap
+from serving.engine.manager import ModelManager
 from serving.http import docs, errors
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
@@ -245,7 +245,6 @@ def create_app(
         # The server owns the embedded vector store while it runs (one writer per store).
         await anyio.to_thread.run_sync(service.open)
         live.start()
-        settle_heap()  # the app's objects out of full collections (a model load does it again)
         try:
             yield
         finally:
