@@ -51,9 +51,9 @@ def settle_heap() -> None:
     with one small model loaded on this CPU, with every thread stopped, engine threads included.
     Called after each load (the app's own objects are alive by then too; not in the app's
     start-up, where a full collection of a test process's heap delayed readiness past a 1 s
-    load); the collection pauses the process once, when a load has taken seconds anyway. Frozen objects are still freed by reference counting;
-    an unload unfreezes them all (`thaw_heap`) so that the collector can free the model's
-    reference cycles.
+    load); the collection pauses the process once, when a load has taken seconds anyway.
+    Frozen objects are still freed by reference counting; an unload unfreezes them all
+    (`thaw_heap`) so that the collector can free the model's reference cycles.
 
     The youngest generation is collected every `GC_YOUNG_THRESHOLD` allocations, not Python's
     700: streaming makes several objects per token per stream (121 young collections and 11 of
