@@ -736,9 +736,9 @@ class MLXEngine:
         """Run the paths of a request once on made-up tokens, before the first request: a
         prompt through the batch, from nothing and from a cached prefix, and solo prefills (8 and
         64 tokens) and a decode step on a long cache. On a GPU the first run of each kind of
-        kernel builds it (CUDA compiles them at run time: a fresh process's first agent turn took 116-155 ms
-        against 51-60 warm on an H200, its prefill of 38 tokens 26 ms against ~10), which
-        otherwise the first requests after every start pay. A long cache is zeros, not a
+        kernel builds it (CUDA compiles them at run time: a fresh process's first agent turn
+        took 116-155 ms against 51-60 warm on an H200, its prefill of 38 tokens 26 ms against
+        ~10), which otherwise the first requests after every start pay. A long cache is zeros, not a
         prefill: attention over >= 1,024 cached tokens uses other kernels than over a few."""
         from mlx_lm.models.cache import KVCache, make_prompt_cache
 
