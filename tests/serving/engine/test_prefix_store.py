@@ -181,7 +181,8 @@ def test_a_restart_preloads_the_newest_files_within_the_budget(
     system = list(range(1000, 1100))
     old = [*system, *range(50)]  # an older conversation
     last = [*system, *range(500, 600)]  # the one running before the restart
-    store = PrefixStore("m", 64 << 20, disk(folder, 64 << 20))
+    # a queue that keeps every job: the writer may not have taken the first when the next come
+    store = PrefixStore("m", 64 << 20, disk(folder, 64 << 20, queue_size=8))
     caches = {}
     for i, tokens in enumerate([old, last]):
         caches[i] = kv(len(tokens), seed=i)
