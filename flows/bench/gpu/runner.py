@@ -305,9 +305,7 @@ async def http_round(
     """One burst of `streams` streamed chat requests (flows/bench/load.py), piece times kept;
     `bodies` and `start_at`: this process's part of a burst sent from several (`client_part`)."""
     if bodies is None:
-        bodies = [
-            {"messages": chat, "max_tokens": n, "temperature": 0.0} for chat in prompts(streams)
-        ]
+        bodies = chat_bodies(streams, n)
     stamps: dict[int, list[float]] = {id(b): [] for b in bodies}
     tokens: dict[int, int] = {}
 
@@ -336,6 +334,11 @@ async def http_round(
     }
 
 
+def chat_bodies(streams: int, n: int) -> list[dict[str, Any]]:
+    """The burst's request bodies: the bench's chat prompts, greedy, `n` new tokens each."""
+    return [{"messages": chat, "max_tokens": n, "temperature": 0.0} for chat in prompts(streams)]
+
+
 # Streams per client process: one Python process reading 128 streams' events (httpx, JSON) was
 # still starting them 200 ms after the first on the H200 machine, while the server had them all.
 CLIENT_STREAMS = 16
@@ -361,13 +364,14 @@ def client_part(
     return asyncio.run(http_round(server, streams, n, bodies, start_at))
 
 
-def http_burst(server: Server, streams: int, n: int, pool: Any | None) -> dict[str, Any]:
-    """One round: from this process, or (`pool` of client processes) its streams dealt out
-    among them, all started at one instant; their results merged as one round's."""
+def http_burst(
+    server: Server, streams: int, n: int, pool: Any | None, procs: int = 1
+) -> dict[str, Any]:
+    """One round: from this process, or (`pool` of `procs` client processes) its streams dealt
+    out among them, all started at one instant; their results merged as one round's."""
     if pool is None:
         return asyncio.run(http_round(server, streams, n))
-    bodies = [{"messages": chat, "max_tokens": n, "temperature": 0.0} for chat in prompts(streams)]
-    procs = pool._max_workers
+    bodies = chat_bodies(streams, n)
     target = (server.name, server.url, server.model, dict(server.headers))
     start_at = time.perf_counter() + 0.3  # every process has made its client by then
     parts = [
@@ -413,14 +417,14 @@ def http_level(
     if procs > 1:  # spawned: this process may hold a CUDA context, which a fork must not copy
         pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))
     try:
-        http_burst(server, streams, args.max_tokens, pool)  # warm-up (and the processes up)
+        http_burst(server, streams, args.max_tokens, pool, procs)  # warm-up, processes up
         rounds = []
         report = None
         for i in range(args.rounds):
             last = i == args.rounds - 1
             if profile and last:
                 httpx.post(server.url + "/bench/profile", timeout=30).raise_for_status()
-            rounds.append(http_burst(server, streams, args.max_tokens, pool))
+            rounds.append(http_burst(server, streams, args.max_tokens, pool, procs))
             if profile and last:
                 report = httpx.post(server.url + "/bench/profile", timeout=30).json()
     finally:

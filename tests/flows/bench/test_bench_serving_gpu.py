@@ -200,7 +200,7 @@ def test_a_burst_from_several_client_processes_merges_as_one_round(tmp_path: Pat
         server = Server("fake", url, "fake-llm", proc=None, log=Path())  # type: ignore[arg-type]
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(2, mp_context=spawn) as pool:
-            got = http_burst(server, 6, 4, pool)
+            got = http_burst(server, 6, 4, pool, 2)
     assert got["failed"] == 0 and got["streams"] == 6
     assert len(got["tokens"]) == 6 and all(t > 0 for t in got["tokens"])
     started, ended, last, first, all_started = got["client"]
