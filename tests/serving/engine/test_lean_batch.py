@@ -125,3 +125,51 @@ def test_the_lean_prompt_batch_prefills_the_same_and_clears_only_past_its_bound(
     assert lean == stock
     assert stock_clears >= 3  # several chunks, each cleared
     assert lean_clears == (stock_clears if keep == 0 else 0)
+
+
+def test_a_batch_merged_from_cached_prefixes_gets_whole_steps_and_the_same_tokens() -> None:
+    """Rows admitted from per-prompt caches of all but their last token (as the prefix cache
+    hands them over), in two groups: with `align` the decode batch's buffer is whole 256-token
+    steps once they have joined (mlx-lm's own: the longest prefix plus 256) and every row decodes
+    the same tokens."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    mx.random.seed(7)
+    model = llama.Model(llama.ModelArgs.from_dict(SHAPE))
+    mx.eval(model.parameters())
+    prompts = [[5, 2 + i, 9, 4, 3 * i + 1, 8][: 3 + i % 3] for i in range(6)]
+
+    def own_cache(tokens: list[int]) -> list[Any]:
+        cache = make_prompt_cache(model)
+        model(mx.array([tokens]), cache=cache)
+        mx.eval([c.state for c in cache])
+        return cache
+
+    def run(align: bool) -> tuple[list[list[int]], list[int]]:
+        gen = BatchGenerator(model, completion_batch_size=8, prefill_batch_size=8)
+        install(gen, align=align)
+        uids: list[int] = []
+        for group in (prompts[:4], prompts[4:]):  # the second joins a running batch
+            uids += gen.insert(
+                [p[-1:] for p in group],
+                max_tokens=[10] * len(group),
+                caches=[own_cache(p[:-1]) for p in group],
+                all_tokens=[p[:-1] for p in group],
+            )
+            gen.next_generated()
+        out: dict[int, list[int]] = {u: [] for u in uids}
+        sizes = []
+        while len(gen._generation_batch) or gen._unprocessed_sequences or len(gen._prompt_batch):
+            for r in gen.next_generated():
+                out[r.uid].append(r.token)
+            if len(gen._generation_batch) == len(prompts):  # all rows in (none filtered out yet)
+                sizes.append(gen._generation_batch.prompt_cache[0].keys.shape[2])
+        gen.close()
+        return [out[u] for u in uids], sizes
+
+    stock, stock_sizes = run(False)
+    aligned, sizes = run(True)
+    assert aligned == stock
+    assert all(len(t) >= 8 for t in aligned)
+    assert any(s % 256 for s in stock_sizes)  # mlx-lm's merged buffer: not whole steps
+    assert sizes and all(s % 256 == 0 for s in sizes)

@@ -1,0 +1,158 @@
+"""Why a batch admitted from cached prefixes decodes slower on MLX's CUDA backend than one
+prefilled from scratch (the H100 run of 2026-12-05: 7.8 ms a 64-row step against 4.9 ms).
+
+One `BatchGenerator` with the engine's lean batch, the same prompts three ways: prefilled from
+scratch, admitted from per-prompt caches of all but their last token (as the prefix cache hands
+them over), and the same with the merged batch cache's arrays copied once after admission.
+Prints the batch cache's shape and each way's median step:
+
+    python -m flows.bench.gpu.cache_probe MODEL_FOLDER [--streams 64] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+
+def prompt_ids(tokenizer: Any, streams: int) -> list[list[int]]:
+    from flows.bench.prompts import prompts
+
+    return [
+        list(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+        for chat in prompts(streams)
+    ]
+
+
+def own_cache(model: Any, tokens: list[int]) -> list[Any]:
+    """A prompt's cache of `tokens`, prefilled alone (what the prefix cache holds)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    model(mx.array([tokens]), cache=cache)
+    mx.eval([c.state for c in cache])
+    return cache
+
+
+def first_round(model: Any, prompts: list[list[int]], n: int = 16) -> Any:
+    """A `PrefixStore` (memory tier) holding the caches of one round of `prompts`, `n` tokens
+    each, kept as the engine keeps them (evaluated, then inserted)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.generate import BatchGenerator
+
+    from serving.engine.lean_batch import install
+    from serving.engine.prefix_store import PrefixStore
+
+    gen = BatchGenerator(model, completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
+    install(gen)
+    gen.insert(prompts, max_tokens=[n] * len(prompts))
+    kept: list[tuple[list[int], Any]] = []
+    while len(kept) < len(prompts):
+        _, responses = gen.next()
+        kept += [(list(r.all_tokens), r.prompt_cache) for r in responses if r.finish_reason]
+    gen.close()
+    flat: Any = tree_flatten([[c.state for c in cache] for _, cache in kept])
+    mx.eval([v for _, v in flat if isinstance(v, mx.array)])
+    store = PrefixStore("probe", 1 << 30, None)
+    for tokens, cache in kept:
+        store.insert(tokens, cache)
+    return store
+
+
+def describe(gen: Any) -> dict[str, Any]:
+    c = gen._generation_batch.prompt_cache[0]
+    return {
+        "class": type(c).__name__,
+        "keys": list(c.keys.shape) if c.keys is not None else None,
+        "idx": getattr(c, "_idx", None),
+        "left_padding": sorted(set(c.left_padding.tolist())),
+        "dtype": str(c.keys.dtype) if c.keys is not None else None,
+    }
+
+
+def run(model: Any, prompts: list[list[int]], way: str, steps: int) -> dict[str, Any]:
+    from mlx_lm.generate import BatchGenerator
+
+    from serving.engine.lean_batch import install
+
+    gen = BatchGenerator(model, completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
+    install(gen, align=way == "stored_aligned")
+    if way == "scratch":
+        gen.insert(prompts, max_tokens=[steps + 8] * len(prompts))
+    elif way.startswith("stored"):  # as the engine does: a first round's caches, kept, then fetched
+        store = first_round(model, prompts)
+        fetched = [store.fetch(p) for p in prompts]
+        gen.insert(
+            [rest for _, rest in fetched],
+            max_tokens=[steps + 8] * len(prompts),
+            caches=[c for c, _ in fetched],
+            all_tokens=[
+                p[: len(p) - len(rest)] for p, (_, rest) in zip(prompts, fetched, strict=True)
+            ],
+        )
+    else:
+        caches = [own_cache(model, p[:-1]) for p in prompts]
+        gen.insert(
+            [p[-1:] for p in prompts],
+            max_tokens=[steps + 8] * len(prompts),
+            caches=caches,
+            all_tokens=[p[:-1] for p in prompts],
+        )
+    times: list[float] = []
+    shape: dict[str, Any] | None = None
+    for _ in range(steps):
+        started = time.perf_counter()
+        gen.next()
+        times.append((time.perf_counter() - started) * 1000)
+        if shape is None and len(gen._generation_batch):
+            shape = describe(gen)
+            batch = gen._generation_batch.prompt_cache
+            if way == "cached_copied":  # fresh arrays: nothing else can hold the old ones
+                for c in batch:
+                    c.keys, c.values = c.keys + 0, c.values + 0
+            mx.eval([c.state for c in batch])
+    gen.close()
+    steady = times[len(times) // 4 :]
+    return {
+        "way": way,
+        "step_ms_p50": statistics.median(steady),
+        "first_ms": times[:3],
+        **(shape or {}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder", help="a model folder, or where to make --make's")
+    parser.add_argument("--make", help="a bench model's name (models.py), made in FOLDER")
+    parser.add_argument("--smollm2", help="SmolLM2's folder (the tokenizer), for --make")
+    parser.add_argument("--streams", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    from mlx_lm import load
+
+    folder = Path(args.folder)
+    if args.make:
+        from flows.bench.gpu.models import make_folder, specs
+
+        folder = make_folder(specs(tiny=False)[args.make], Path(args.smollm2), folder)
+    model, tokenizer = load(str(folder))[:2]
+    prompts = prompt_ids(tokenizer, args.streams)
+    print(
+        mx.default_device(),
+        "prompt lengths",
+        sorted({len(p) for p in prompts}),
+    )
+    for _ in range(2):  # the second pass is the one to read (kernels compiled)
+        for way in ("scratch", "cached", "stored", "stored_aligned", "cached_copied"):
+            print(json.dumps(run(model, prompts, way, args.steps)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
