@@ -27,7 +27,6 @@ class LeanGenerationBatch(GenerationBatch):
 
     report: set[int]
     greedy_fallback: bool  # the generator's own sampler (rows without one) is mlx-lm's argmax
-    align: bool = False  # `align_history` on the batch cache after rows join it
 
     @classmethod
     def empty(cls, model: Any, fallback_sampler: Any) -> LeanGenerationBatch:
@@ -36,12 +35,6 @@ class LeanGenerationBatch(GenerationBatch):
         batch.report = set()
         batch.greedy_fallback = False
         return batch
-
-    def extend(self, batch: Any) -> None:
-        super().extend(batch)
-        if self.align:
-            for c in self.prompt_cache:
-                align_history(c)
 
     def _greedy(self, sampler: Any) -> bool:
         return sampler is greedy_sampler or (sampler is None and self.greedy_fallback)
@@ -108,24 +101,6 @@ def release_cache(keep_bytes: int) -> None:
         mx.clear_cache()
 
 
-def align_history(cache: Any) -> None:
-    """Cut a batch cache's buffer back to whole `step`s (room for the next token at least), as a
-    cache filled from scratch has. One merged from cached prefixes (`BatchKVCache.merge`) is
-    exactly as long as the longest prefix, and mlx-lm grows it to that plus 256 tokens: a length
-    that spreads to the whole decode batch (`extend` pads every row to the longest buffer)."""
-    from mlx_lm.models.cache import BatchKVCache
-
-    if type(cache) is not BatchKVCache or cache.keys is None:
-        return
-    size, used = cache.keys.shape[2], cache._idx
-    if size % cache.step == 0 and used < size:
-        return
-    room = (used // cache.step + 1) * cache.step
-    pad = [(0, 0), (0, 0), (0, room - used), (0, 0)]
-    cache.keys = mx.pad(cache.keys[..., :used, :], pad)
-    cache.values = mx.pad(cache.values[..., :used, :], pad)
-
-
 class LeanPromptBatch(PromptProcessingBatch):
     """mlx-lm's prompt batch, which calls `mx.clear_cache()` after every prefill chunk (to hand
     the chunk's temporaries back to the system), calling it only while MLX's buffer cache holds
@@ -175,13 +150,12 @@ class LeanPromptBatch(PromptProcessingBatch):
             self._release()
 
 
-def install(generator: Any, keep_cache_bytes: int = 0, align: bool = False) -> LeanGenerationBatch:
+def install(generator: Any, keep_cache_bytes: int = 0) -> LeanGenerationBatch:
     """Give a fresh `BatchGenerator` a lean generation batch and a lean prompt batch (before
     anything is inserted) and return the first; the engine adds and removes uids in its
-    `report`. `keep_cache_bytes`: `LeanPromptBatch.keep_bytes`; `align`: the generation batch's."""
+    `report`. `keep_cache_bytes`: `LeanPromptBatch.keep_bytes`."""
     batch = LeanGenerationBatch.empty(generator.model, generator.sampler)
     batch.greedy_fallback = generator.sampler is greedy_sampler
-    batch.align = align
     if len(generator._generation_batch) or len(generator._prompt_batch):
         raise RuntimeError("install the lean batch before inserting sequences")
     generator._generation_batch = batch

@@ -109,9 +109,6 @@ class MLXEngineConfig:
     # burst of short prompts prefilled 8 at a time paid mlx-lm's per-chunk costs 8 times over
     # (docs/decisions/solo-prefill.md); 0 on the CPU, where a longer chunk holds up decoding.
     prefill_batch_tokens: int | None = None
-    # Cut the decode batch's KV buffer back to whole 256-token steps when rows join it (a batch
-    # merged from cached prefixes is otherwise as long as the longest prefix plus 256).
-    align_batch_cache: bool = False
     queue_limit: int = 64  # waiting + running sequences; past it generate raises QueueFullError
     retry_after: float = 1.0  # seconds, suggested to a client turned away
     prefix_cache_bytes: int = 512 << 20  # 0 turns the prefix cache off
@@ -820,9 +817,7 @@ class MLXEngine:
             stream=self._stream_mx,
         )
         # the uids whose rows' log-probabilities a step keeps (requests that report them)
-        self._report = install(
-            gen, keep_cache_bytes=self._keep_cache_bytes, align=self.config.align_batch_cache
-        ).report
+        self._report = install(gen, keep_cache_bytes=self._keep_cache_bytes).report
         return gen
 
     def _serve_once(self) -> bool:

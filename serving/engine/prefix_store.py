@@ -440,7 +440,7 @@ class PrefixStore:
                 for c in cache:
                     c.keys, c.values = c.keys + 0, c.values + 0  # written by the GPU: on it
                 mx.eval([c.state for c in cache])
-            self.memory.insert_cache(self.model, entry.tokens.tolist(), cache)
+            self.memory.insert_cache(self.model, entry.tokens.tolist(), Layers(cache))
             self._preloaded.append(entry.tokens)
             used += entry.nbytes
         self._stats.preloaded_bytes = used
@@ -494,7 +494,7 @@ class PrefixStore:
         if cache is None:
             return None
         if self.memory is not None:  # the next turn finds it in memory
-            self.memory.insert_cache(self.model, entry.tokens.tolist(), copy.deepcopy(cache))
+            self.memory.insert_cache(self.model, entry.tokens.tolist(), Layers(cache).copy_layers())
         trim_prompt_cache(cache, len(entry.tokens) - use)
         return cache, tokens[use:]
 
@@ -512,7 +512,7 @@ class PrefixStore:
     def insert(self, tokens: list[int], cache: list[Any]) -> None:
         """Keep a finished sequence's cache (its arrays evaluated) for later prompts."""
         if self.memory is not None:
-            self.memory.insert_cache(self.model, tokens, cache)
+            self.memory.insert_cache(self.model, tokens, Layers(cache))
         if self.disk is None or not _disk_ready(cache):
             return
         import mlx.core as mx
@@ -531,6 +531,34 @@ class PrefixStore:
         if self.disk is not None:
             self.disk.close()
         self.memory = None
+
+
+class Layers(list[Any]):
+    """A cached prompt's layers as the memory tier holds them. mlx-lm's LRU cache hands out a
+    `copy.deepcopy` of an entry (a fetch trims its copy), which walks each layer object's
+    attributes in Python: 0.14 ms of a 0.2 ms fetch for a 16-layer model, paid for every
+    request admitted from the cache (64 rows of a burst: ~15 ms on the H100 machine's CPU before
+    their first decode step). A layer's arrays are never written in place (a cache's update
+    rebinds its attributes to new arrays), so a copy needs only new layer objects holding new
+    handles of the same arrays, which is what `copy.deepcopy` of an `mx.array` gives too."""
+
+    def copy_layers(self) -> list[Any]:
+        return [_copy_layer(c) for c in self]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return self.copy_layers()
+
+
+def _copy_layer(layer: Any) -> Any:
+    from mlx_lm.models.cache import KVCache
+
+    if type(layer) is not KVCache:  # other kinds (rotating, arrays) keep mlx-lm's deep copy
+        return copy.deepcopy(layer)
+    new = KVCache.__new__(KVCache)
+    new.__dict__.update(layer.__dict__)
+    if layer.keys is not None:
+        new.keys, new.values = copy.copy(layer.keys), copy.copy(layer.values)
+    return new
 
 
 def _disk_ready(cache: list[Any]) -> bool:

@@ -1,12 +1,13 @@
-"""Why a batch admitted from cached prefixes decodes slower on MLX's CUDA backend than one
-prefilled from scratch (the H100 run of 2026-12-05: 7.8 ms a 64-row step against 4.9 ms).
+"""Whether a decode batch admitted from cached prefixes steps slower than one prefilled from
+scratch, without the server: one `BatchGenerator` with the engine's lean batch, the same prompts
+four ways (prefilled from scratch; admitted from fresh per-prompt caches of all but their last
+token; from caches of a first round kept and fetched as the engine does; and the second with the
+merged batch cache's arrays copied once after admission). Prints the batch cache's shape and each
+way's median step. An H100 run of 2026-12-05 had the server's cached batches stepping at 7.8 ms
+against 4.9 without the cache; this probe on another H100 put all four ways at 4.0-4.1 ms, and the
+server's cached side then stepped at 4.2 ms (docs/benchmarks.md, eleventh run).
 
-One `BatchGenerator` with the engine's lean batch, the same prompts three ways: prefilled from
-scratch, admitted from per-prompt caches of all but their last token (as the prefix cache hands
-them over), and the same with the merged batch cache's arrays copied once after admission.
-Prints the batch cache's shape and each way's median step:
-
-    python -m flows.bench.gpu.cache_probe MODEL_FOLDER [--streams 64] [--steps 40]
+    python -m flows.bench.gpu.cache_probe FOLDER [--make llama1b-bf16 --smollm2 DIR] [--streams 64]
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ def run(model: Any, prompts: list[list[int]], way: str, steps: int) -> dict[str,
     from serving.engine.lean_batch import install
 
     gen = BatchGenerator(model, completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
-    install(gen, align=way == "stored_aligned")
+    install(gen)
     if way == "scratch":
         gen.insert(prompts, max_tokens=[steps + 8] * len(prompts))
-    elif way.startswith("stored"):  # as the engine does: a first round's caches, kept, then fetched
+    elif way == "stored":  # as the engine does: a first round's caches, kept, then fetched
         store = first_round(model, prompts)
         fetched = [store.fetch(p) for p in prompts]
         gen.insert(
@@ -150,7 +151,7 @@ def main() -> None:
         sorted({len(p) for p in prompts}),
     )
     for _ in range(2):  # the second pass is the one to read (kernels compiled)
-        for way in ("scratch", "cached", "stored", "stored_aligned", "cached_copied"):
+        for way in ("scratch", "cached", "stored", "cached_copied"):
             print(json.dumps(run(model, prompts, way, args.steps)), flush=True)
 
 

@@ -31,8 +31,7 @@ the profiled server on `--agent-model`, restart it and play one more turn; `--sh
 experiments: `impetus_nospec` (speculation off, at 1-4 streams), `impetus_nohold` (one SSE event
 per token, at 16+), `impetus_si` (a 0.5 ms GIL switch interval, at 16+), `impetus_pf8` (8
 prompts prefilled at a time, the default before `prefill_batch_tokens`, at 16+), `impetus_nocache`
-(no prefix cache: each round's prompts prefilled again, at 16+), `impetus_align` (the decode
-batch's KV buffer cut to whole 256-token steps as rows join, at 16+), and the bare loop's
+(no prefix cache: each round's prompts prefilled again, at 16+), and the bare loop's
 `bare_lean` (the engine's lean decode batch) and `bare_thread` (the loop in a thread of its own).
 """
 
@@ -567,17 +566,6 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
         "impetus_nocache": (
             lambda: impetus_server(
                 run, spec.name, max(levels), "-nocache", IMPETUS_SERVE__PREFIX_CACHE_BYTES="0"
-            ),
-            [b for b in levels if b >= 16],
-        ),
-        # Impetus with the prefix cache, its decode batch's KV buffer cut to whole steps.
-        "impetus_align": (
-            lambda: impetus_server(
-                run,
-                spec.name,
-                max(levels),
-                "-align",
-                IMPETUS_BENCH_ENGINE_CONFIG='{"align_batch_cache": true}',
             ),
             [b for b in levels if b >= 16],
         ),

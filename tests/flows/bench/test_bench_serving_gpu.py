@@ -207,3 +207,24 @@ def test_a_burst_from_several_client_processes_merges_as_one_round(tmp_path: Pat
     assert started <= first <= all_started <= last <= ended
     assert got["wall_s"] == pytest.approx(ended - started)
     assert all(started <= t <= ended for s in got["stamps"] for t in s)
+
+
+def test_the_cache_probe_steps_every_way_of_admission() -> None:
+    """flows/bench/gpu/cache_probe.py on a tiny random Llama: each way admits every prompt and
+    decodes, the batch cache reported (the merged ones longer than the 256-token step)."""
+    pytest.importorskip("mlx_lm")
+    import mlx.core as mx
+    from mlx_lm.models import llama
+
+    from flows.bench.gpu.cache_probe import run
+    from flows.bench.gpu.models import LLAMA_MICRO
+
+    mx.random.seed(1)
+    model = llama.Model(llama.ModelArgs.from_dict({**LLAMA_MICRO, "vocab_size": 512}))
+    mx.eval(model.parameters())
+    prompts = [[3, 5 + i, 7, 2 * i + 1, 9][: 3 + i % 3] for i in range(6)]
+    for way in ("scratch", "cached", "stored", "cached_copied"):
+        got = run(model, prompts, way, steps=6)
+        assert got["way"] == way and got["step_ms_p50"] > 0
+        assert got["keys"][0] == len(prompts) and got["idx"] >= 5
+        assert (got["keys"][2] == 256) == (way == "scratch")

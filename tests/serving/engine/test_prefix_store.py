@@ -81,6 +81,25 @@ def test_a_restart_serves_a_longer_prompt_from_disk(tmp_path: Path) -> None:
         again.close()
 
 
+def test_a_fetched_copy_grows_without_touching_the_kept_entry() -> None:
+    """A fetch hands out new layer objects over the same arrays (no `copy.deepcopy`): the copy is
+    trimmed to the prompt and grows as a decode would, and the entry kept in memory still has
+    every token and value it had."""
+    store = PrefixStore("m", 1 << 30)
+    tokens = list(range(10, 30))
+    store.insert(tokens, kv(20))
+    kept = [np.array(c.keys) for c in kv(20)]  # the same random values (same seed)
+    cache, rest = store.fetch([*tokens[:12], 99])
+    assert rest == [99] and [c.offset for c in cache] == [12] * LAYERS
+    for c in cache:  # a decode appends past the trimmed prefix: overwrites positions 12.. of it
+        c.update_and_fetch(mx.ones((1, HEADS, 3, DIM)), mx.ones((1, HEADS, 3, DIM)))
+        assert c.offset == 15
+    again, rest = store.fetch([*tokens, 99])
+    assert rest == [99] and [c.offset for c in again] == [20] * LAYERS
+    for c, k in zip(again, kept, strict=True):
+        np.testing.assert_array_equal(np.array(c.keys[..., :20, :]), k)
+
+
 @pytest.mark.parametrize("device_memory", [False, True])
 def test_the_writer_gets_views_of_the_cache_or_of_device_copies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_memory: bool
