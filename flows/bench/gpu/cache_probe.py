@@ -22,15 +22,6 @@ from typing import Any
 import mlx.core as mx
 
 
-def prompt_ids(tokenizer: Any, streams: int) -> list[list[int]]:
-    from flows.bench.prompts import prompts
-
-    return [
-        list(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
-        for chat in prompts(streams)
-    ]
-
-
 def own_cache(model: Any, tokens: list[int]) -> list[Any]:
     """A prompt's cache of `tokens`, prefilled alone (what the prefix cache holds)."""
     from mlx_lm.models.cache import make_prompt_cache
@@ -144,7 +135,10 @@ def main() -> None:
 
         folder = make_folder(specs(tiny=False)[args.make], Path(args.smollm2), folder)
     model, tokenizer = load(str(folder))[:2]
-    prompts = prompt_ids(tokenizer, args.streams)
+    from flows.bench.gpu.runner import chat_ids
+    from flows.bench.prompts import prompts as chats
+
+    prompts = [chat_ids(tokenizer, chat) for chat in chats(args.streams)]
     print(
         mx.default_device(),
         "prompt lengths",

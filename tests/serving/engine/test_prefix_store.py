@@ -78,6 +78,7 @@ def test_a_restart_serves_a_longer_prompt_from_disk(tmp_path: Path) -> None:
         assert (s.disk_hits, s.memory_hits, s.misses) == (1, 0, 0)
         got, rest = again.fetch([*tokens, 5])  # now in memory
         assert rest == [5] and again.stats().memory_hits == 1
+        assert isinstance(got, prefix_store.Layers)  # kept as the memory tier's own kind
         again.close()
 
 
@@ -98,6 +99,7 @@ def test_a_fetched_copy_grows_without_touching_the_kept_entry() -> None:
     assert rest == [99] and [c.offset for c in again] == [20] * LAYERS
     for c, k in zip(again, kept, strict=True):
         np.testing.assert_array_equal(np.array(c.keys[..., :20, :]), k)
+    assert isinstance(again, prefix_store.Layers)  # a copy's copy takes the cheap path too
 
 
 @pytest.mark.parametrize("device_memory", [False, True])
