@@ -358,12 +358,16 @@ async def sampler(server: Server, plan: LoadPlan, rec: Record) -> None:
 
 
 async def _mlx_memory(client: httpx.AsyncClient, server: Server) -> dict[str, float]:
-    """MLX's active and buffer-cache bytes in the server (`/api/health/status`): beside the RSS,
-    they say whether growth is MLX's cache, live arrays, or the allocator's."""
+    """MLX's active and buffer-cache bytes in the server and what its engines count (weights, the
+    batch's KV, the prefix cache), from one `/api/health/status` read: beside the RSS, they say
+    whether growth is MLX's cache, counted arrays, uncounted arrays, or the allocator's."""
     try:
         r = await client.get(server.url + GETS["status"])
-        mem = r.json()["memory"]
-        return {k: float(mem[k]) for k in ("mlx_active_bytes", "mlx_cache_bytes")}
+        body = r.json()
+        mem = body["memory"]
+        out = {k: float(mem[k]) for k in ("mlx_active_bytes", "mlx_cache_bytes")}
+        out["engines_bytes"] = float(sum(x["memory_bytes"] for x in body["models"]))
+        return out
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return {}
 
