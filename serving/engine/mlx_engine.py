@@ -95,6 +95,12 @@ PROMPT_CACHE_KEEP_BYTES = 1 << 30
 # Cached tokens in the warm-up's long prefix (`_warm_up`): past MLX's switch to two-pass decode
 # attention at 1,024.
 WARMUP_CONTEXT = 2048
+# tokens of the prefixes read at load whose chat pieces are kept for the encoder (_seed_pieces)
+SEED_TOKENS = 65536
+WARM_TOOL = {  # rendered once at load (_warm_template)
+    "type": "function",
+    "function": {"name": "read_file", "parameters": {"type": "object", "properties": {}}},
+}
 
 
 @dataclass(frozen=True)
@@ -718,6 +724,7 @@ class MLXEngine:
         self._gen = self._new_generator()
         self._tokenizer = tokenizer
         self._segments = for_tokenizer(tokenizer._tokenizer)
+        self._warm_template()
         warmup = self.config.warmup
         if warmup is None:
             warmup = mx.default_device() == mx.gpu
@@ -731,6 +738,41 @@ class MLXEngine:
                     "mlx engine %s: read %.0f MB of cached prefixes from disk in %.2f s",
                     self.model_name, read / 1e6, time.perf_counter() - started,
                 )  # fmt: skip
+                self._seed_pieces()
+
+    def _warm_template(self) -> None:
+        """Render a one-message chat with one tool: the chat template compiles at its first use
+        (4.6 ms here for SmolLM2's), which the first request after every start would pay."""
+        request = GenerationRequest(
+            "warm-up", messages=[{"role": "user", "content": "hi"}], tools=[WARM_TOOL],
+            params=SamplingParams(max_tokens=1),
+        )  # fmt: skip
+        try:
+            with self._tok_lock:
+                self._render(request, request.messages or [], add_generation_prompt=True)
+        except Exception:  # a template that refuses tools (or this chat): the first request's
+            log.debug(
+                "mlx engine %s: the chat template did not render the warm-up", self.model_name
+            )
+        if self._segments is not None:  # its counts are the requests'
+            self._segments.hits = self._segments.misses = 0
+
+    def _seed_pieces(self) -> None:
+        """The chat pieces of the prefixes read at load, for the encoder's kept pieces
+        (segments.py): their conversations' next turns send that text again."""
+        if self._segments is None or self._prefix is None:
+            return
+        started = time.perf_counter()
+        budget, added = SEED_TOKENS, 0
+        for tokens in self._prefix.preloaded_tokens:
+            if budget <= 0:
+                break
+            added += self._segments.seed(tokens.tolist())
+            budget -= len(tokens)
+        log.info(
+            "mlx engine %s: kept %d chat pieces of the cached prefixes in %.3f s",
+            self.model_name, added, time.perf_counter() - started,
+        )  # fmt: skip
 
     def _warm_up(self) -> None:
         """Run the paths of a request once on made-up tokens, before the first request: a

@@ -446,6 +446,11 @@ class PrefixStore:
         self._stats.preloaded_bytes = used
         return used
 
+    @property
+    def preloaded_tokens(self) -> list[np.ndarray]:
+        """The tokens of the entries read at load and not yet hit, newest first."""
+        return self._preloaded[::-1]
+
     def fetch(self, tokens: list[int]) -> tuple[list[Any] | None, list[int]]:
         """The cache of the longest cached prefix of `tokens` (a copy, trimmed to it) and the
         tokens left to prefill: at least the last one, whose logits start the answer."""

@@ -261,8 +261,11 @@ def model_path(ready_models_dir: Path) -> Path:
     return ModelStore(ready_models_dir).resolve(MODEL)
 
 
-def answer(model_path: Path, folder: Path, messages: Any, preload: int = 0) -> tuple[str, int, Any]:
-    """One greedy answer from a freshly loaded engine (then closed): text, cached tokens, stats."""
+def answer(
+    model_path: Path, folder: Path, messages: Any, preload: int = 0
+) -> tuple[str, int, Any, tuple[int, int]]:
+    """One greedy answer from a freshly loaded engine (then closed): text, cached tokens, stats,
+    and the chat-piece encoder's (hits, misses)."""
     from serving.engine.mlx_engine import MLXEngine
 
     eng = MLXEngine.load(
@@ -283,7 +286,8 @@ def answer(model_path: Path, folder: Path, messages: Any, preload: int = 0) -> t
 
     try:
         text, cached = asyncio.run(run())
-        return text, cached, eng.stats()
+        assert eng._segments is not None
+        return text, cached, eng.stats(), (eng._segments.hits, eng._segments.misses)
     finally:
         asyncio.run(eng.close())
 
@@ -294,8 +298,9 @@ def test_after_a_restart_the_disk_tier_gives_the_cold_answer(
     model_path: Path, tmp_path: Path, preload: int
 ) -> None:
     """Read by the first turn (no preload) or at load (preload): the same answer, every prompt
-    token but the last from disk."""
-    cold, cached, stats = answer(model_path, tmp_path, CHAT, preload)
+    token but the last from disk. Read at load, the entry's chat pieces are kept too: the turn
+    encodes none of its text again."""
+    cold, cached, stats, (_, cold_misses) = answer(model_path, tmp_path, CHAT, preload)
     assert stats.prefix_cache_preloaded_bytes == 0  # an empty folder
     assert cached == 0 and stats.prefix_cache_disk_limit_bytes == 256 << 20
     (folder,) = tmp_path.glob("*/*")  # <model>/<weights fingerprint>
@@ -306,11 +311,15 @@ def test_after_a_restart_the_disk_tier_gives_the_cold_answer(
     assert len(AGENT) // 8 < len(checkpoint.tokens) < len(whole.tokens) - 8
     assert np.array_equal(whole.tokens[: len(checkpoint.tokens)], checkpoint.tokens)
 
-    warm, cached, stats = answer(model_path, tmp_path, CHAT, preload)
+    warm, cached, stats, (hits, misses) = answer(model_path, tmp_path, CHAT, preload)
     assert stats.prefix_cache_disk_hits == 1 and stats.prefix_cache_memory_hits == 0
     assert stats.prefix_cache_preloaded_bytes == (whole.nbytes if preload else 0)
     assert cached == stats.prompt_tokens_total - 1  # all but the token that starts the answer
     assert warm == cold
+    # the system and user messages (the warm-up at load kept the special tokens, "\n" and
+    # "assistant\n"); read at load, the entry's pieces are kept as well
+    assert cold_misses == 2
+    assert misses == (0 if preload else cold_misses), (hits, misses)
 
 
 @pytest.mark.slow

@@ -97,3 +97,34 @@ def test_kept_pieces_stay_within_their_characters(tokenizer: Any) -> None:
     huge = "<|im_start|>" + "a pasted file " * 100  # over a quarter of the budget: not kept
     assert encoder.encode(huge) == tokenizer.encode(huge, add_special_tokens=False)
     assert not any(len(p) > 1_000 for p in encoder._kept)
+
+
+def test_pieces_seeded_from_a_cached_prefix_are_the_tokenizers(tokenizer: Any) -> None:
+    """A restarted engine seeds the pieces of the prefixes it read at load: the next turn of
+    that conversation then encodes only what is new, to the same ids; a prefix cut mid-piece
+    keeps nothing wrong."""
+    conv = Conversation(AgentLoopConfig(turns=4, history=50, memory_bytes=0, disk_bytes=0))
+    for i in range(3):
+        messages = conv.messages()
+        reply = f"Step {i}: I read the file and then edit it."
+        conv.record(messages, Turn(0, 0, 0, {"role": "assistant", "content": reply}, []))
+    messages = conv.messages()
+
+    def ids(*, generation_prompt: bool) -> list[int]:
+        out = tokenizer.apply_chat_template(
+            messages, tools=tools(), add_generation_prompt=generation_prompt
+        )
+        return list(getattr(out, "input_ids", out))
+
+    cached = ids(generation_prompt=False)  # last turn's state, as the disk tier keeps it
+    encoder = for_tokenizer(tokenizer)
+    assert encoder is not None
+    added = encoder.seed(cached[:-7])  # cut inside the last message
+    assert added > 10
+    for piece, piece_ids in encoder._kept.items():
+        assert piece_ids == tokenizer.encode(piece, add_special_tokens=False)
+    text = tokenizer.apply_chat_template(
+        messages, tools=tools(), add_generation_prompt=True, tokenize=False
+    )
+    assert encoder.encode(text) == ids(generation_prompt=True)
+    assert encoder.misses == 2, encoder.misses  # the cut message, and "assistant\n"

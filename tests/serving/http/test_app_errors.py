@@ -481,3 +481,26 @@ def test_docs_work_offline(srv: Server) -> None:
     assert js.status_code == 200 and len(js.content) > 500_000
     assert srv.http.get("/docs/assets/swagger-ui.css").status_code == 200
     assert srv.http.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
+
+
+def test_the_tool_schema_check_is_built_while_the_server_starts(tmp_path: Path) -> None:
+    """jsonschema's import and its meta-schema's validator (22 ms that the first request with
+    tools paid after every start) are built in the app's startup, before any request."""
+    from starlette.testclient import TestClient
+
+    from serving.services import tools
+
+    tools._cached_schema_problem.cache_clear()
+    manager = ModelManager(
+        StoreWithFakes(tmp_path, llms=["fake-llm"], embedders=["fake-embed"], builtins=False),
+        _factory({}),
+        default_model="fake-llm",
+        memory_budget_bytes=1 << 30,
+    )
+    app = create_app(
+        serving_settings(tmp_path), manager=manager, embedder_factory=FakeEmbedder,
+        index_runner=FakeIndexRunner(), preload_default=False,
+    )  # fmt: skip
+    assert tools._cached_schema_problem.cache_info().currsize == 0
+    with TestClient(app):
+        assert tools._cached_schema_problem.cache_info().currsize == 1
