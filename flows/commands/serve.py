@@ -146,4 +146,24 @@ def serve(
     # log_config=None: uvicorn's loggers go through the structured handler `settings()` set up.
     # SIGINT/SIGTERM drain first (new requests 503, index runs cancelled), a second one exits.
     config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
-    GracefulServer(config, shutdown=app.state.shutdown).run()
+    server = GracefulServer(config, shutdown=app.state.shutdown)
+    server.run()
+    if server.started:
+        exit_now()
+
+
+def exit_now() -> None:
+    """End the process once the app's shutdown has closed everything it owns (engines joined,
+    index runs stopped, the Prefect server stopped, stores closed, spans flushed), without
+    finalizing the interpreter: that destroys MLX's native state while threads that libraries
+    started may still be ending, and once in CI the server then aborted after a clean shutdown
+    ("terminate called without an active exception", exit -6; the same race as
+    docs/decisions/weight-loader-thread.md)."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
