@@ -28,6 +28,7 @@ class ServingContext:
     started_at: float = field(default_factory=time.time)
 
 
-def get_ctx(request: Request) -> ServingContext:
+async def get_ctx(request: Request) -> ServingContext:
+    """(async: FastAPI runs a plain function dependency in a worker thread, a hop per request)"""
     ctx: ServingContext = request.app.state.ctx
     return ctx
