@@ -13,7 +13,8 @@ or a small fake that implements this protocol.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -194,6 +195,36 @@ class InvalidRequestError(ImpetusError):
 
 class EngineClosedError(EngineError):
     """The engine was stopped (model unloaded) while the request waited (503)."""
+
+
+class Arrivals:
+    """Generation requests the server has received and not yet handed to an engine (it is still
+    reading, validating or tokenizing them). An idle engine woken by one of them waits for the
+    others (`MLXEngine._burst`): a burst of clients is prefilled as one batch even when the
+    server takes longer to read it than the engine's gap between two requests. One per app
+    (`ModelManager.arrivals`); the HTTP side counts (serving/http/arrivals.py)."""
+
+    def __init__(self) -> None:
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> Callable[[], None]:
+        """Count a request in; returns what counts it out (idempotent)."""
+        with self._lock:
+            self._pending += 1
+        out = False
+
+        def leave() -> None:
+            nonlocal out
+            with self._lock:
+                if not out:
+                    out = True
+                    self._pending -= 1
+
+        return leave
+
+    def pending(self) -> int:
+        return self._pending
 
 
 @runtime_checkable

@@ -30,7 +30,7 @@ import structlog
 
 from pipelines.errors import ImpetusError
 from pipelines.models.store import ModelEntry, ModelStore
-from serving.engine.base import Engine, EngineStats
+from serving.engine.base import Arrivals, Engine, EngineStats
 from serving.engine.memory import ProcessMemory, process_memory
 
 if TYPE_CHECKING:
@@ -158,6 +158,9 @@ class ModelManager:
         self._entries: list[ModelEntry] = []
         self._entries_at = -1e9
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # requests the HTTP side has received and not yet submitted (serving/http/arrivals.py),
+        # which the engines that read it wait for when a burst wakes them (MLXEngine._burst)
+        self.arrivals = Arrivals()
 
     @classmethod
     def from_settings(
@@ -304,6 +307,8 @@ class ModelManager:
             finally:
                 self._reserved -= need
             memory = _engine_memory(engine) or need
+            if hasattr(engine, "arrivals"):  # an engine that collects bursts (MLXEngine)
+                engine.arrivals = self.arrivals
             now = self._clock()
             self._resident[name] = _Resident(engine, memory, now, now)
             if name in self.load_states:  # a later load of a model first loaded at start-up

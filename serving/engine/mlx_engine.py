@@ -63,6 +63,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from serving.engine.base import (
+    Arrivals,
     Delta,
     EngineCapabilities,
     EngineClosedError,
@@ -135,8 +136,12 @@ class MLXEngineConfig:
     # paid only while two requests have been in flight at once within admit_memory_s: one client
     # at a time (an agent loop, a single user) never waits, and a first burst after a quiet
     # spell starts with its first request alone (the others join it in the batch). None: every
-    # request waits (a fresh engine's first burst is prefilled together).
-    admit_window_s: float = 0.02
+    # request waits (a fresh engine's first burst is prefilled together). Past a gap, the engine
+    # also waits while the server is still reading requests (`MLXEngine.arrivals`), up to the
+    # window: an H100 machine's server took 31-62 ms to hand a burst of 64 to the engine, and
+    # those that came after the engine's first step joined later batches, their first tokens
+    # 60-120 ms after the first ones'.
+    admit_window_s: float = 0.1
     admit_gap_s: float = 0.003
     admit_memory_s: float | None = 60.0
     max_context_tokens: int | None = None  # None: the model's max_position_embeddings
@@ -267,6 +272,10 @@ def _put_all(
 
 class MLXEngine:
     """An `Engine` on one MLX model. Build it with `MLXEngine.load(path, name)`."""
+
+    # The app's requests on their way to an engine (set by ModelManager when it loads this one):
+    # a burst is collected until they have come (`_burst`). None: the gap alone decides.
+    arrivals: Arrivals | None = None
 
     def __init__(self, path: Path, model_name: str, config: MLXEngineConfig) -> None:
         self.model_name = model_name
@@ -896,7 +905,8 @@ class MLXEngine:
     def _burst(self) -> list[tuple[str, LiveSequence | None]]:
         """The commands that follow the one that woke an idle engine by less than
         `admit_gap_s` each (at most `admit_window_s` in all), so that requests sent together
-        are prefilled as one batch rather than the first alone and the rest a step later."""
+        are prefilled as one batch rather than the first alone and the rest a step later; past
+        a gap too while the server has requests on their way (`arrivals`)."""
         window, gap = self.config.admit_window_s, self.config.admit_gap_s
         out: list[tuple[str, LiveSequence | None]] = []
         if window <= 0 or gap <= 0:
@@ -909,6 +919,8 @@ class MLXEngine:
             try:
                 out.append(self._inbox.get(timeout=min(gap, left)))
             except queue.Empty:
+                if self.arrivals is not None and self.arrivals.pending():
+                    continue  # the server is still reading requests that came with these
                 break
             if out[-1][0] == "close":
                 break

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipelines import tracing
 from serving.engine.manager import ModelManager
 from serving.http import docs, errors
+from serving.http.arrivals import ArrivalsMiddleware
 from serving.http.auth import AccessMiddleware, Guard, authorize
 from serving.http.deps import ServingContext
 from serving.http.live import LiveFeed
@@ -320,4 +321,7 @@ def create_app(
     if tracer_provider is not None:
         app.add_middleware(TracingMiddleware)  # delivery, and what the other spans hang from
     app.add_middleware(RequestIdMiddleware, echo=echo_request_id)
+    # Outermost of all: a generating request counts as on its way to the engine from here
+    # (serving/http/arrivals.py).
+    app.add_middleware(ArrivalsMiddleware, arrivals=manager.arrivals)
     return app

@@ -26,7 +26,7 @@ from serving.engine.base import (
     InvalidRequestError,
     TokenLogprob,
 )
-from serving.http import tracing
+from serving.http import arrivals, tracing
 from serving.http.auth import add_tokens
 from serving.http.deps import ServingContext
 from serving.http.openai.schemas import PromptTokensDetails, Usage
@@ -133,6 +133,7 @@ class Generation:
             # before it returns) take CPU seconds: a worker thread, so the event loop (health
             # probes, other streams) never waits on them.
             await anyio.to_thread.run_sync(submit)
+            arrivals.submitted()
         except BaseException:
             await gen.aclose()
             raise

@@ -405,3 +405,52 @@ def test_a_lone_client_never_waits_for_a_burst(ready_models_dir: Path) -> None:
         assert waited_s("after a quiet spell") < 0.5
     finally:
         asyncio.run(engine.close())
+
+
+def test_a_burst_waits_for_the_requests_the_server_is_still_reading(
+    ready_models_dir: Path,
+) -> None:
+    """Past the gap, an idle engine woken by a request keeps collecting while the app still has
+    requests on their way (`Arrivals`, counted by serving/http/arrivals.py), up to the window:
+    a request the server read 0.6 s later is prefilled with the first. With nothing on its way,
+    the first starts after the gap."""
+    from pipelines.models.store import ModelStore
+    from serving.engine.base import Arrivals
+
+    path = ModelStore(ready_models_dir).resolve(MODEL)
+    config = MLXEngineConfig(
+        admit_gap_s=0.05, admit_window_s=5.0, admit_memory_s=None, prefix_cache_bytes=0
+    )
+    engine = MLXEngine.load(path, MODEL, config=config)
+    engine.arrivals = arrivals = Arrivals()
+    first, second = chat_prompts(2)
+
+    async def late_follower() -> list[list[Delta]]:
+        leave = arrivals.enter()  # the server is reading the second request
+
+        async def second_read() -> list[Delta]:
+            await asyncio.sleep(0.6)
+            deltas = collect(engine, req("second", second, max_tokens=2))
+            task = asyncio.ensure_future(deltas)
+            await asyncio.sleep(0)  # submitted: its admission is queued before it counts out
+            leave()
+            return await task
+
+        return await asyncio.gather(
+            collect(engine, req("first", first, max_tokens=2)), second_read()
+        )
+
+    def timings(deltas: list[Delta]) -> Any:
+        t = deltas[-1].timings
+        assert t is not None
+        return t
+
+    try:
+        a, b = (timings(d) for d in asyncio.run(late_follower()))
+        assert arrivals.pending() == 0
+        assert (a.admitted_ns - a.queued_ns) / 1e9 >= 0.5  # waited for the one on its way
+        assert abs(a.admitted_ns - b.admitted_ns) / 1e9 < 0.3  # and took both together
+        alone = timings(run(engine, req("alone", first, max_tokens=2)))
+        assert (alone.admitted_ns - alone.queued_ns) / 1e9 < 0.4  # nothing on its way: the gap
+    finally:
+        asyncio.run(engine.close())
