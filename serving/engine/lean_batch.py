@@ -15,9 +15,11 @@ forward, processors, sampling and `async_eval` pipelining).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import GenerationBatch, PromptProcessingBatch, _right_pad_prompts
 from mlx_lm.sample_utils import greedy_sampler
 
@@ -101,6 +103,64 @@ def release_cache(keep_bytes: int) -> None:
         mx.clear_cache()
 
 
+def merge_rows(caches: list[list[Any]]) -> list[Any]:
+    """The batch caches of `caches` (one list of layers per row), as mlx-lm's `_merge_caches`
+    makes them, from a few array operations in all where mlx-lm's `BatchKVCache.merge` writes
+    each row into each layer one slice at a time: 2,048 operations for 64 rows of a 16-layer
+    model, which took ~10 ms to build and most of the ~17 ms that launching the first step took
+    on an H100 (flows/bench/gpu/cache_probe.py --trace). Every row's layers are concatenated
+    along the sequence axis behind one zero token, then gathered into the left-padded layout of
+    every layer at once. Rows of other cache kinds, or whose layers differ in length, go to
+    mlx-lm's merge."""
+    from mlx_lm.generate import _merge_caches
+    from mlx_lm.models.cache import BatchKVCache, KVCache
+
+    if not caches or any(type(c) is not KVCache for row in caches for c in row):
+        return _merge_caches(caches)
+    lengths = [row[0].offset if row[0].keys is not None else 0 for row in caches]
+    n_layers = len(caches[0])
+    if any(
+        len(row) != n_layers or any((c.offset if c.keys is not None else 0) != n for c in row)
+        for row, n in zip(caches, lengths, strict=True)
+    ):
+        return _merge_caches(caches)
+    longest = max(lengths)
+    if longest == 0:
+        return _merge_caches(caches)
+    ref = next(row[0] for row, n in zip(caches, lengths, strict=True) if n)
+    heads, dtype = ref.keys.shape[1], ref.keys.dtype
+    # index[layer, row, t]: where token t of the row's left-padded layer sits in the flat array
+    total = n_layers * sum(lengths)
+    index = np.full((n_layers, len(caches), longest), total, dtype=np.int32)  # the zero token
+    start = 0
+    for b, n in enumerate(lengths):
+        for j in range(n_layers):
+            index[j, b, longest - n :] = np.arange(start + j * n, start + (j + 1) * n)
+        start += n_layers * n
+    where = mx.array(index.reshape(-1))
+
+    def gathered(attr: str) -> Any:
+        pieces = [
+            getattr(c, attr)[..., :n, :] for row, n in zip(caches, lengths, strict=True) if n
+            for c in row
+        ]  # fmt: skip
+        dim = pieces[0].shape[3]
+        flat = mx.concatenate([*pieces, mx.zeros((1, heads, 1, dim), dtype=dtype)], axis=2)
+        out = mx.take(flat, where, axis=2).reshape(heads, n_layers, len(caches), longest, dim)
+        return mx.contiguous(out.transpose(1, 2, 0, 3, 4))  # [layer, row, head, token, dim]
+
+    keys, values = gathered("keys"), gathered("values")
+    padding = [longest - n for n in lengths]
+    merged = []
+    for j in range(n_layers):
+        cache = BatchKVCache(padding)
+        cache.keys, cache.values = keys[j], values[j]
+        cache.offset += longest
+        cache._idx = longest
+        merged.append(cache)
+    return merged
+
+
 class LeanPromptBatch(PromptProcessingBatch):
     """mlx-lm's prompt batch, which calls `mx.clear_cache()` after every prefill chunk (to hand
     the chunk's temporaries back to the system), calling it only while MLX's buffer cache holds
@@ -118,6 +178,14 @@ class LeanPromptBatch(PromptProcessingBatch):
         new = super()._copy()
         new.keep_bytes = self.keep_bytes
         return new
+
+    def filter(self, keep: list[int]) -> None:
+        # Keeping every row (a batch whose prompts are all done moves to decoding whole) is
+        # mlx-lm's filter without its per-layer gather of every row and its read of the padding
+        # (a wait for the GPU in each layer): 5-9 ms of 64 rows' first step on an H100.
+        if keep == list(range(len(self.uids))):
+            return
+        super().filter(keep)
 
     def prompt(self, tokens: list[list[int]]) -> None:
         # mlx-lm 0.32's `PromptProcessingBatch.prompt`, with `_release` for `clear_cache`
@@ -165,4 +233,27 @@ def install(generator: Any, keep_cache_bytes: int = 0) -> LeanGenerationBatch:
     assert isinstance(prompts, LeanPromptBatch)
     prompts.keep_bytes = keep_cache_bytes
     generator._prompt_batch = prompts
+    generator._make_batch = partial(_make_batch, generator)
+    return batch
+
+
+def _make_batch(generator: Any, n: int) -> PromptProcessingBatch:
+    """mlx-lm 0.32's `BatchGenerator._make_batch` (the next `n` waiting sequences as a prompt
+    batch), their caches merged by `merge_rows`."""
+    g = generator
+    columns: list[list[Any]] = [[] for _ in range(7)]
+    for _ in range(n):
+        seq = g._unprocessed_sequences.popleft()
+        for column, value in zip(
+            columns, (seq[0], seq[3], seq[4], seq[5], seq[6], seq[2], seq[7]), strict=True
+        ):
+            column.append(value)
+        g._currently_processing.append([seq[1], 0, sum(len(s) for s in seq[1])])
+    uids, caches, tokens, samplers, processors, max_tokens, stops = columns
+    batch = PromptProcessingBatch(
+        model=g.model, uids=uids, caches=[], tokens=tokens,
+        prefill_step_size=g.prefill_step_size, samplers=samplers, fallback_sampler=g.sampler,
+        logits_processors=processors, stop_sequences=stops, max_tokens=max_tokens,
+    )  # fmt: skip
+    batch.prompt_cache = merge_rows(caches)
     return batch

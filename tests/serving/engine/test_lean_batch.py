@@ -125,3 +125,75 @@ def test_the_lean_prompt_batch_prefills_the_same_and_clears_only_past_its_bound(
     assert lean == stock
     assert stock_clears >= 3  # several chunks, each cleared
     assert lean_clears == (stock_clears if keep == 0 else 0)
+
+
+def prefix_cache(model: Any, tokens: list[int], extra: int = 0) -> list[Any]:
+    """A prompt's cache of `tokens` (as the prefix cache keeps one), `extra` of them trimmed off
+    afterwards (a fetched entry longer than the match: its arrays run past its offset)."""
+    from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+    cache = make_prompt_cache(model)
+    model(mx.array([tokens]), cache=cache)
+    mx.eval([c.state for c in cache])
+    trim_prompt_cache(cache, extra)
+    return cache
+
+
+def test_rows_merge_as_mlx_lm_merges_them() -> None:
+    """`merge_rows` gives mlx-lm's batch caches: rows of several lengths, one with nothing cached
+    and one trimmed, keys and values in the same left-padded places, the same offsets."""
+    from mlx_lm.generate import _merge_caches
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from serving.engine.lean_batch import merge_rows
+
+    mx.random.seed(7)
+    model = llama.Model(llama.ModelArgs.from_dict(SHAPE))
+    model.set_dtype(mx.bfloat16)
+    mx.eval(model.parameters())
+    rows = [
+        prefix_cache(model, [5, 6, 7, 8]),
+        make_prompt_cache(model),  # nothing cached
+        prefix_cache(model, [9, 3, 2, 4, 4, 1, 8], extra=2),  # 5 of 7 tokens kept
+        prefix_cache(model, [1]),
+    ]
+    theirs, mine = _merge_caches(rows), merge_rows(rows)
+    assert len(mine) == len(theirs) == SHAPE["num_hidden_layers"]
+    for a, b in zip(mine, theirs, strict=True):
+        assert a.keys.shape == b.keys.shape and a.keys.dtype == b.keys.dtype
+        assert mx.array_equal(a.keys, b.keys).item() and mx.array_equal(a.values, b.values).item()
+        assert a.offset.tolist() == b.offset.tolist() == [4, 0, 5, 1]
+        assert a.left_padding.tolist() == b.left_padding.tolist() == [1, 5, 0, 4]
+        assert a._idx == b._idx == 5
+
+
+@pytest.mark.parametrize("left", ["last-token", "mixed"])
+def test_rows_admitted_from_caches_decode_the_same_as_mlx_lm(left: str) -> None:
+    """Prompts admitted from cached prefixes of several lengths, with only the last token left to
+    prefill (the prompt batch moves to decoding whole) or some with more: the lean generator
+    (its merge, its filter) decodes the tokens mlx-lm's does."""
+    mx.random.seed(11)
+    model = llama.Model(llama.ModelArgs.from_dict(SHAPE))
+    mx.eval(model.parameters())
+    prompts = [[3, 1 + i, 8, 2 * i + 5, 6, 7, 11][: 3 + i] for i in range(4)]
+    cut = [len(p) - (2 if left == "mixed" and i % 2 == 0 else 1) for i, p in enumerate(prompts)]
+
+    def run(lean: bool) -> list[list[int]]:
+        gen = BatchGenerator(model, completion_batch_size=8, prefill_batch_size=8)
+        if lean:
+            install(gen)
+        uids = gen.insert(
+            [p[n:] for p, n in zip(prompts, cut, strict=True)],
+            max_tokens=[6] * len(prompts),
+            caches=[prefix_cache(model, p[:n]) for p, n in zip(prompts, cut, strict=True)],
+            all_tokens=[p[:n] for p, n in zip(prompts, cut, strict=True)],
+        )
+        out: dict[int, list[int]] = {u: [] for u in uids}
+        while len(gen._generation_batch) or gen._unprocessed_sequences or len(gen._prompt_batch):
+            for r in gen.next_generated():
+                out[r.uid].append(r.token)
+        gen.close()
+        return [out[u] for u in uids]
+
+    stock, lean = run(lean=False), run(lean=True)
+    assert lean == stock and all(len(t) == 6 for t in lean)
