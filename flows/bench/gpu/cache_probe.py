@@ -8,6 +8,7 @@ against 4.9 without the cache; this probe on another H100 put all four ways at 4
 server's cached side then stepped at 4.2 ms (docs/benchmarks.md, eleventh run).
 
     python -m flows.bench.gpu.cache_probe FOLDER [--make llama1b-bf16 --smollm2 DIR] [--streams 64]
+        [--trace]     # and the calls of the first step (profile.py's CallTrace), summed by name
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def describe(gen: Any) -> dict[str, Any]:
     }
 
 
-def run(model: Any, prompts: list[list[int]], way: str, steps: int) -> dict[str, Any]:
+def run(
+    model: Any, prompts: list[list[int]], way: str, steps: int, trace: Any = None
+) -> dict[str, Any]:
     from mlx_lm.generate import BatchGenerator
 
     from serving.engine.lean_batch import install
@@ -98,10 +101,13 @@ def run(model: Any, prompts: list[list[int]], way: str, steps: int) -> dict[str,
         )
     times: list[float] = []
     shape: dict[str, Any] | None = None
+    first: dict[str, Any] | None = None
     for _ in range(steps):
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         gen.next()
         times.append((time.perf_counter() - started) * 1000)
+        if trace is not None and first is None:  # what the first step (admission) ran
+            first = trace.window(started_ns, time.time_ns())["total"]
         if shape is None and len(gen._generation_batch):
             shape = describe(gen)
             batch = gen._generation_batch.prompt_cache
@@ -116,6 +122,7 @@ def run(model: Any, prompts: list[list[int]], way: str, steps: int) -> dict[str,
         "step_ms_p50": statistics.median(steady),
         "first_ms": times[:3],
         **(shape or {}),
+        **({"first_trace": first} if first is not None else {}),
     }
 
 
@@ -126,7 +133,14 @@ def main() -> None:
     parser.add_argument("--smollm2", help="SmolLM2's folder (the tokenizer), for --make")
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--trace", action="store_true", help="the first step's calls (profile.py)")
     args = parser.parse_args()
+    trace = None
+    if args.trace:
+        from flows.bench.gpu.profile import CallTrace
+
+        trace = CallTrace()
+        trace.install()
     from mlx_lm import load
 
     folder = Path(args.folder)
@@ -146,7 +160,9 @@ def main() -> None:
     )
     for _ in range(2):  # the second pass is the one to read (kernels compiled)
         for way in ("scratch", "cached", "stored", "cached_copied"):
-            print(json.dumps(run(model, prompts, way, args.steps)), flush=True)
+            print(json.dumps(run(model, prompts, way, args.steps, trace)), flush=True)
+            if trace is not None:
+                trace.events.clear()
 
 
 if __name__ == "__main__":
