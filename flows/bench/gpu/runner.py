@@ -136,9 +136,20 @@ def machine() -> dict[str, Any]:
         "gpu": gpu,
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        # The host's CPU: lent machines of one GPU kind differ in it, and the server's Python
+        # per step (per-token work, the event loop) ran up to twice as long on some (2026-12-06).
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "cudnn_attention": os.environ.get("MLX_CUDA_USE_CUDNN_SDPA", "1") != "0",
     }
+
+
+def cpu_model() -> str:
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 # -- a cell's figures ----------------------------------------------------------------------------
