@@ -107,11 +107,11 @@ def merge_rows(caches: list[list[Any]]) -> list[Any]:
     """The batch caches of `caches` (one list of layers per row), as mlx-lm's `_merge_caches`
     makes them, from a few array operations in all where mlx-lm's `BatchKVCache.merge` writes
     each row into each layer one slice at a time: 2,048 operations for 64 rows of a 16-layer
-    model, which took ~10 ms to build and most of the ~17 ms that launching the first step took
-    on an H100 (flows/bench/gpu/cache_probe.py --trace). Every row's layers are concatenated
-    along the sequence axis behind one zero token, then gathered into the left-padded layout of
-    every layer at once. Rows of other cache kinds, or whose layers differ in length, go to
-    mlx-lm's merge."""
+    model, ~10 ms of Python on an H100 machine (flows/bench/gpu/cache_probe.py --trace; the
+    launch of the first step that follows took 17-25 ms with either). Every row's layers are
+    concatenated along the sequence axis behind one zero token, then gathered into the
+    left-padded layout of every layer at once. Rows of other cache kinds, or whose layers differ
+    in length, go to mlx-lm's merge."""
     from mlx_lm.generate import _merge_caches
     from mlx_lm.models.cache import BatchKVCache, KVCache
 
