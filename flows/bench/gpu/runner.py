@@ -33,6 +33,12 @@ per token, at 16+), `impetus_si` (a 0.5 ms GIL switch interval, at 16+), `impetu
 prompts prefilled at a time, the default before `prefill_batch_tokens`, at 16+), `impetus_nocache`
 (no prefix cache: each round's prompts prefilled again, at 16+), and the bare loop's
 `bare_lean` (the engine's lean decode batch) and `bare_thread` (the loop in a thread of its own).
+
+`--interleave` measures only the bare loop and Impetus, with Impetus's server up throughout and
+their rounds alternating at each level (`paired_level`): the lent machines' speed drifts by more
+than the difference measured (one side's rounds varied by up to 45 % within a minute, and the
+same code's ratio by 1.12× to 1.56× on one machine within minutes), so the ratio to read is the
+paired rounds' (`paired_ratio_median` in the Impetus cell).
 """
 
 from __future__ import annotations
@@ -43,12 +49,13 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -417,9 +424,9 @@ def client_instants(
     return started, ended, last, min(firsts), max(firsts)
 
 
-def http_level(
-    server: Server, streams: int, args: argparse.Namespace, profile: bool
-) -> dict[str, Any]:
+@contextmanager
+def client_pool(streams: int) -> Iterator[tuple[Any, int]]:
+    """(pool, processes) for bursts of `streams`: None where one process sends them all."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -428,25 +435,81 @@ def http_level(
     if procs > 1:  # spawned: this process may hold a CUDA context, which a fork must not copy
         pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))
     try:
-        http_burst(server, streams, args.max_tokens, pool, procs)  # warm-up, processes up
-        rounds = []
-        report = None
-        for i in range(args.rounds):
-            last = i == args.rounds - 1
-            if profile and last:
-                httpx.post(server.url + "/bench/profile", timeout=30).raise_for_status()
-            rounds.append(http_burst(server, streams, args.max_tokens, pool, procs))
-            if profile and last:
-                report = httpx.post(server.url + "/bench/profile", timeout=30).json()
+        yield pool, procs
     finally:
         if pool is not None:
             pool.shutdown()
-    cell = pooled(rounds)
+
+
+def profiled_burst(
+    server: Server, streams: int, n: int, pool: Any, procs: int, profile: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One round, and with `profile` what the server's profile saw during it alone."""
+    if profile:
+        httpx.post(server.url + "/bench/profile", timeout=30).raise_for_status()
+    got = http_burst(server, streams, n, pool, procs)
+    if not profile:
+        return got, None
+    return got, httpx.post(server.url + "/bench/profile", timeout=30).json()
+
+
+def with_profile(
+    cell: dict[str, Any], procs: int, last: dict[str, Any], report: dict[str, Any] | None
+) -> dict[str, Any]:
     cell["client_procs"] = procs
     if report is not None:
-        report["timeline"] = round_timeline(rounds[-1]["client"], report.get("timeline"))
+        report["timeline"] = round_timeline(last["client"], report.get("timeline"))
         cell["profile"] = report
     return cell
+
+
+def http_level(
+    server: Server, streams: int, args: argparse.Namespace, profile: bool
+) -> dict[str, Any]:
+    n = args.max_tokens
+    with client_pool(streams) as (pool, procs):
+        http_burst(server, streams, n, pool, procs)  # warm-up, processes up
+        rounds, report = [], None
+        for i in range(args.rounds):
+            got, seen = profiled_burst(
+                server, streams, n, pool, procs, profile and i == args.rounds - 1
+            )
+            rounds.append(got)
+            report = seen or report
+    return with_profile(pooled(rounds), procs, rounds[-1], report)
+
+
+def paired_level(
+    model: Any, prompt_ids: list[list[int]], server: Server, streams: int, args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bare loop's and Impetus's cells at `streams`, their rounds alternating (bare then
+    Impetus, then Impetus then bare, ...), so that a machine slowing down for a while (the lent
+    hosts' CPUs: a side's rounds varied by up to 45 % within a minute) weighs on both alike.
+    The Impetus cell also gets each pair's ratio."""
+    n = args.max_tokens
+    bare: list[dict[str, Any]] = []
+    served: list[dict[str, Any]] = []
+    report = None
+    with client_pool(streams) as (pool, procs):
+        bare_round(model, prompt_ids, streams, n)  # warm-ups, client processes up
+        http_burst(server, streams, n, pool, procs)
+        with timed_generation_steps() as seen:  # this process's steps: the bare loop's
+            for i in range(args.rounds):
+                last = i == args.rounds - 1
+                for side in ("bare", "impetus") if i % 2 == 0 else ("impetus", "bare"):
+                    if side == "bare":
+                        bare.append(bare_round(model, prompt_ids, streams, n))
+                    else:
+                        got, report_ = profiled_burst(server, streams, n, pool, procs, last)
+                        served.append(got)
+                        report = report_ or report
+    bare_cell = pooled(bare)
+    bare_cell["gen_step_ms"] = percentile([dt * 1000 for dt in full_batch(seen)], 50)
+    cell = with_profile(pooled(served), procs, served[-1], report)
+    ratios = [i / b for i, b in zip(cell["round_tps"], bare_cell["round_tps"], strict=False)]
+    cell["paired_ratios"] = ratios
+    cell["paired_ratio_median"] = statistics.median(ratios) if ratios else None
+    return bare_cell, cell
 
 
 def round_timeline(
@@ -537,6 +600,9 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
     args = run.args
     folder = make_folder(spec, Path(args.smollm2), Path(args.work) / "models")
     levels = args.levels + args.extra_levels
+    if args.interleave:
+        interleaved(run, spec.name, folder, levels)
+        return
     if any(side.startswith("bare") for side in args.sides):
         in_process(run, spec.name, folder, levels)
     else:  # the model's figures still come from loading it once
@@ -593,8 +659,9 @@ def bench_model(run: Run, spec: ModelSpec) -> None:
             over_http(run, spec.name, side, start, side_levels)
 
 
-def in_process(run: Run, name: str, folder: Path, levels: list[int]) -> None:
-    """Load the model here: its step's bytes, then the bare loop and the forward's cells."""
+def in_process(run: Run, name: str, folder: Path, levels: list[int]) -> tuple[Any, list[list[int]]]:
+    """Load the model here: its step's bytes, then the bare loop and the forward's cells.
+    Returns the model and the bare loop's prompts."""
     from pipelines.models.loading import load_llm
 
     args = run.args
@@ -619,9 +686,35 @@ def in_process(run: Run, name: str, folder: Path, levels: list[int]) -> None:
     for b in levels:  # the variants side by side at each level
         for v in variants:
             run.cell(name, v, b, partial(bare_level, model, prompt_ids, b, args, v))
-    if levels:
+    if levels or args.interleave:
         for b in args.forward_levels:
             run.cell(name, "forward", b, partial(forward_ms, model, b, int(run.context)))
+    return model, prompt_ids
+
+
+def interleaved(run: Run, name: str, folder: Path, levels: list[int]) -> None:
+    """`--interleave`: the bare loop (here) and Impetus (its server up throughout) at each
+    level, round for round (`paired_level`); the model loaded in both processes."""
+    model, prompt_ids = in_process(run, name, folder, [])
+    register(name, folder)
+    try:
+        with impetus_server(run, name, max(levels)) as server:
+            run.results["models"][name]["impetus_ready_s"] = server.ready_s
+            for b in levels:
+                got: dict[str, dict[str, Any]] = {}
+
+                def measure(b: int = b, got: dict[str, dict[str, Any]] = got) -> dict[str, Any]:
+                    got["bare"], got["impetus"] = paired_level(
+                        model, prompt_ids, server, b, run.args
+                    )
+                    return got["bare"]
+
+                run.cell(name, "bare", b, measure)
+                if "impetus" in got:
+                    run.cell(name, "impetus", b, partial(got.__getitem__, "impetus"))
+    except Exception as exc:
+        run.results["errors"].append(f"{name}/interleaved: {type(exc).__name__}: {exc}"[:3000])
+        run.save()
 
 
 def over_http(
@@ -797,6 +890,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--forward-levels", type=ints, default=[1, 16, 64], help="forward timed alone")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--interleave", action="store_true",
+        help="the bare loop and Impetus only, their rounds alternating at each level",
+    )  # fmt: skip
     p.add_argument("--deadline-s", type=float, default=480.0)
     p.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s")
     p.add_argument("--tiny", action="store_true", help="a few-MB Llama instead of the 1B one")

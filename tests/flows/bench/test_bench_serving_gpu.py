@@ -90,6 +90,49 @@ def test_runner_results_log_as_an_mlflow_run(
     assert m["tiny-bf16_agent-1_c1_cold_ttft_ms"] == pytest.approx(agent["cold_ttft_ms"])
 
 
+@pytest.mark.slow
+def test_interleaved_rounds_pair_the_bare_loop_with_impetus(
+    tmp_path: Path, ready_models_dir: Path
+) -> None:
+    """`--interleave`: one server up while the bare loop runs here, their rounds alternating;
+    the Impetus cell carries each pair's ratio and their median, and the table shows them."""
+    from flows.bench.serving_gpu import goals, render_table
+
+    out = tmp_path / "out"
+    runner = ["flows.bench.gpu.runner", str(out), "--tiny", "--models", "tiny-bf16"]
+    runner += ["--smollm2", str(ready_models_dir / "smollm2-135m-instruct")]
+    runner += ["--work", str(tmp_path / "work"), "--interleave", "--levels", "2"]
+    runner += ["--forward-levels", "2", "--max-tokens", "4", "--rounds", "3"]
+    done = subprocess.run(
+        [sys.executable, "-m", *runner],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "IMPETUS_DATA_DIR": str(tmp_path / "work" / "data")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["errors"] == [] and results["skipped"] == []
+    cells = {c["side"]: c for c in results["cells"]}
+    assert set(cells) == {"forward", "bare", "impetus"}
+    bare, impetus = cells["bare"], cells["impetus"]
+    assert bare["rounds"] == impetus["rounds"] == 3 and bare["tokens"] == impetus["tokens"] == 24
+    assert bare["gen_step_ms"] > 0 and impetus["failed"] == 0 and "profile" in impetus
+    ratios = impetus["paired_ratios"]
+    assert ratios == pytest.approx(
+        [i / b for i, b in zip(impetus["round_tps"], bare["round_tps"], strict=True)]
+    )
+    assert impetus["paired_ratio_median"] == pytest.approx(sorted(ratios)[1])
+    # the yardstick's goals read it where it ran on the 1B model
+    for c in results["cells"]:
+        c["model"], c["streams"] = "llama1b-bf16", 64
+    results["models"] = {"llama1b-bf16": results["models"]["tiny-bf16"]}
+    assert goals(results)["goal_c64_vs_bare_paired"] == impetus["paired_ratio_median"]
+    assert f"| {impetus['paired_ratio_median']:.2f} (" in render_table(results)
+
+
 def test_results_files_merge_by_model(tmp_path: Path) -> None:
     from flows.bench.serving_gpu import ResultsError, read_results
 
