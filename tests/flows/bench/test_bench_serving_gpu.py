@@ -17,17 +17,13 @@ from pipelines.settings import PROJECT_ROOT
 from tests.flows.conftest import run_cli
 
 
-@pytest.mark.slow
-def test_runner_results_log_as_an_mlflow_run(
-    tmp_path: Path, ready_models_dir: Path, prefect_harness: None
-) -> None:
+def run_runner(tmp_path: Path, models_dir: Path, *args: str) -> dict[str, Any]:
+    """The runner on the few-MB Llama with `args`, in a process of its own; its results, which
+    must hold no error and no skipped cell."""
     out = tmp_path / "out"
     runner = ["flows.bench.gpu.runner", str(out), "--tiny", "--models", "tiny-bf16"]
-    runner += ["--smollm2", str(ready_models_dir / "smollm2-135m-instruct")]
-    sides = "bare,bare_lean,bare_thread,impetus"
-    runner += ["--work", str(tmp_path / "work"), "--sides", sides, "--levels", "1"]
-    runner += ["--forward-levels", "1", "--max-tokens", "4", "--rounds", "1"]
-    runner += ["--agent-model", "tiny-bf16", "--agent-turns", "1"]  # and one agent turn
+    runner += ["--smollm2", str(models_dir / "smollm2-135m-instruct")]
+    runner += ["--work", str(tmp_path / "work"), *args]
     done = subprocess.run(
         [sys.executable, "-m", *runner],
         cwd=PROJECT_ROOT,
@@ -38,8 +34,21 @@ def test_runner_results_log_as_an_mlflow_run(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads((out / "results.json").read_text())
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
     assert results["errors"] == [] and results["skipped"] == []
+    return results
+
+
+@pytest.mark.slow
+def test_runner_results_log_as_an_mlflow_run(
+    tmp_path: Path, ready_models_dir: Path, prefect_harness: None
+) -> None:
+    out = tmp_path / "out"
+    results = run_runner(
+        tmp_path, ready_models_dir, "--sides", "bare,bare_lean,bare_thread,impetus",
+        "--levels", "1", "--forward-levels", "1", "--max-tokens", "4", "--rounds", "1",
+        "--agent-model", "tiny-bf16", "--agent-turns", "1",  # and one agent turn
+    )  # fmt: skip
     sides = {(c["side"], c["streams"]) for c in results["cells"]}
     assert sides == {
         ("bare", 1), ("bare_lean", 1), ("bare_thread", 1), ("forward", 1), ("impetus", 1),
@@ -98,23 +107,10 @@ def test_interleaved_rounds_pair_the_bare_loop_with_impetus(
     the Impetus cell carries each pair's ratio and their median, and the table shows them."""
     from flows.bench.serving_gpu import goals, render_table
 
-    out = tmp_path / "out"
-    runner = ["flows.bench.gpu.runner", str(out), "--tiny", "--models", "tiny-bf16"]
-    runner += ["--smollm2", str(ready_models_dir / "smollm2-135m-instruct")]
-    runner += ["--work", str(tmp_path / "work"), "--interleave", "--levels", "2"]
-    runner += ["--forward-levels", "2", "--max-tokens", "4", "--rounds", "3"]
-    done = subprocess.run(
-        [sys.executable, "-m", *runner],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "IMPETUS_DATA_DIR": str(tmp_path / "work" / "data")},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads((out / "results.json").read_text())
-    assert results["errors"] == [] and results["skipped"] == []
+    results = run_runner(
+        tmp_path, ready_models_dir, "--interleave", "--levels", "2", "--forward-levels", "2",
+        "--max-tokens", "4", "--rounds", "3",
+    )  # fmt: skip
     cells = {c["side"]: c for c in results["cells"]}
     assert set(cells) == {"forward", "bare", "impetus"}
     bare, impetus = cells["bare"], cells["impetus"]
