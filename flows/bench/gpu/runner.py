@@ -117,13 +117,16 @@ class Run:
             cell = measure()
         except Exception as exc:  # one cell failing is a result; the others still run
             self.results["errors"].append(f"{key}: {type(exc).__name__}: {exc}"[:2000])
+            self.save()
         else:
-            if "tps" in cell and self.step_bytes is not None:
-                cell = with_bandwidth(
-                    cell, self.step_bytes, streams, self.context, self.args.bandwidth
-                )
-            self.results["cells"].append({"model": model, "side": side, "streams": streams, **cell})
-            print("   ", json.dumps({k: v for k, v in cell.items() if k != "profile"}), flush=True)
+            self.record(model, side, streams, cell)
+
+    def record(self, model: str, side: str, streams: int, cell: dict[str, Any]) -> None:
+        """Keep a measured cell (with its bandwidth share), print it and save."""
+        if "tps" in cell and self.step_bytes is not None:
+            cell = with_bandwidth(cell, self.step_bytes, streams, self.context, self.args.bandwidth)
+        self.results["cells"].append({"model": model, "side": side, "streams": streams, **cell})
+        print("   ", json.dumps({k: v for k, v in cell.items() if k != "profile"}), flush=True)
         self.save()
 
 
@@ -701,17 +704,16 @@ def interleaved(run: Run, name: str, folder: Path, levels: list[int]) -> None:
         with impetus_server(run, name, max(levels)) as server:
             run.results["models"][name]["impetus_ready_s"] = server.ready_s
             for b in levels:
-                got: dict[str, dict[str, Any]] = {}
+                served: list[dict[str, Any]] = []  # Impetus's cell, kept once the pair is measured
 
-                def measure(b: int = b, got: dict[str, dict[str, Any]] = got) -> dict[str, Any]:
-                    got["bare"], got["impetus"] = paired_level(
-                        model, prompt_ids, server, b, run.args
-                    )
-                    return got["bare"]
+                def measure(b: int = b, served: list[dict[str, Any]] = served) -> dict[str, Any]:
+                    bare, impetus = paired_level(model, prompt_ids, server, b, run.args)
+                    served.append(impetus)
+                    return bare
 
                 run.cell(name, "bare", b, measure)
-                if "impetus" in got:
-                    run.cell(name, "impetus", b, partial(got.__getitem__, "impetus"))
+                for impetus in served:
+                    run.record(name, "impetus", b, impetus)
     except Exception as exc:
         run.results["errors"].append(f"{name}/interleaved: {type(exc).__name__}: {exc}"[:3000])
         run.save()
