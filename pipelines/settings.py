@@ -129,6 +129,9 @@ class ServeSettings(_Section):
     coalesce_streams: int = Field(default=8, ge=0)
     coalesce_tokens: int = Field(default=4, ge=1)
     coalesce_hold_ms: float = Field(default=50.0, ge=0)
+    # Each LLM's engine in a process of its own (serving/engine/process.py), so that the HTTP
+    # side's Python never holds up its decode steps; "auto": where MLX runs on a GPU.
+    engine_process: Literal["auto", "on", "off"] = "auto"
     # model residency
     memory_budget_bytes: int = Field(default=0, ge=0)  # 0: 70% of physical memory
     idle_ttl_s: float = Field(default=1800.0, ge=0)  # 0: never unload idle models

@@ -31,10 +31,11 @@ YARDSTICK = "llama1b-bf16"
 # Experiments (runner.py): bare_lean / bare_thread: the bare loop on the engine's lean batch / in
 # a thread of its own; impetus_nohold: one SSE event per token; impetus_nospec: speculation off
 # (few streams); impetus_si: a 0.5 ms GIL switch interval; impetus_pf64 / impetus_pf8: 64 prompts
-# prefilled together / 8 at a time (the default before prefill_batch_tokens).
+# prefilled together / 8 at a time (the default before prefill_batch_tokens); impetus_thread: the
+# engine in the server's process (serve.engine_process off; the default on a GPU is its own).
 SIDES = (
-    "bare", "bare_lean", "bare_thread", "impetus", "impetus_nohold", "impetus_nospec",
-    "impetus_si", "impetus_pf64", "impetus_pf8", "mlx_lm",
+    "bare", "bare_lean", "bare_thread", "impetus", "impetus_thread", "impetus_nohold",
+    "impetus_nospec", "impetus_si", "impetus_pf64", "impetus_pf8", "mlx_lm",
 )  # fmt: skip
 CELL_METRICS = (
     "tps", "stream_tps_p50", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "itl_p95_ms", "failed",
@@ -62,7 +63,11 @@ TIMELINE_COLUMNS = [
     ("last_step", "last step ends", ".0f"), ("last_token", "client's last token", ".0f"),
     ("end", "client's end", ".0f"),
 ]  # fmt: skip
-PROFILED = ("impetus", "impetus_nohold")  # the sides whose engine step the profile table shows
+PROFILED = (
+    "impetus",
+    "impetus_thread",
+    "impetus_nohold",
+)  # the sides whose engine step the profile table shows
 PROFILE_METRICS = (
     "step_ms", "gen_step_ms", "per_token_ms", "deliver_ms", "loop_lag_ms", "loop_callback_ms",
 )  # fmt: skip

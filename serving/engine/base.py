@@ -207,24 +207,43 @@ class Arrivals:
     def __init__(self) -> None:
         self._pending = 0
         self._lock = threading.Lock()
+        # told each new count, under the lock: engines in other processes (process.py)
+        self._watchers: list[Callable[[int], None]] = []
 
     def enter(self) -> Callable[[], None]:
         """Count a request in; returns what counts it out (idempotent)."""
-        with self._lock:
-            self._pending += 1
+        self._add(1)
         out = False
 
         def leave() -> None:
             nonlocal out
             with self._lock:
-                if not out:
-                    out = True
-                    self._pending -= 1
+                if out:
+                    return
+                out = True
+            self._add(-1)
 
         return leave
 
+    def _add(self, n: int) -> None:
+        with self._lock:
+            self._pending += n
+            for watch in self._watchers:
+                watch(self._pending)
+
     def pending(self) -> int:
         return self._pending
+
+    def watch(self, fn: Callable[[int], None]) -> None:
+        """Call `fn(count)` now and at every change (under the lock: it must not block)."""
+        with self._lock:
+            self._watchers.append(fn)
+            fn(self._pending)
+
+    def unwatch(self, fn: Callable[[int], None]) -> None:
+        with self._lock:
+            if fn in self._watchers:
+                self._watchers.remove(fn)
 
 
 @runtime_checkable

@@ -245,6 +245,13 @@ class ModelManager:
     async def use(self, name: str) -> AsyncIterator[Engine]:
         """Hold model `name` for one request, loading it on demand; 404/400/503/507 otherwise."""
         res = self._resident.get(name)
+        if res is not None and getattr(res.engine, "gone", False):
+            # Its engine process exited (serving/engine/process.py): load the model again.
+            log.warning("model.engine_gone", model=name)
+            if self._resident.get(name) is res:
+                del self._resident[name]
+            await res.engine.close()
+            res = None
         if res is None:
             entry = self.entry(name)
             self._check_llm(entry)
@@ -478,28 +485,42 @@ def _engine_memory(engine: Engine) -> int:
 
 
 def mlx_engine_factory(settings: Settings) -> EngineFactory:
-    """The production factory: `serving.engine.mlx_engine.MLXEngine.load(path, name, ...)`, imported lazily
-    so that the app starts without importing MLX."""
+    """The production factory: `MLXEngine.load(path, name, ...)` (serving/engine/mlx_engine.py), or
+    the same in a process of its own (`EngineProcess`, serving/engine/process.py) as
+    `serve.engine_process` says; imported lazily so that the app starts without importing MLX."""
     s = settings.serve
 
     def factory(name: str, path: Path) -> Engine:
+        kwargs: dict[str, Any] = {
+            "queue_limit": s.queue_limit,
+            "max_batch_size": s.max_batch_size,
+            "prefix_cache_bytes": s.prefix_cache_bytes,
+            "kv_cache_bytes": s.kv_cache_bytes,
+            "retry_after": s.retry_after_s,
+            "prefix_cache_dir": settings.data_dir / "prefix-cache",
+            "prefix_cache_disk_bytes": s.prefix_cache_disk_bytes,
+            "prefix_cache_preload_bytes": s.prefix_cache_preload_bytes,
+            "speculative": s.speculative,
+            "coalesce_streams": s.coalesce_streams,
+            "coalesce_tokens": s.coalesce_tokens,
+            "coalesce_hold_ms": s.coalesce_hold_ms,
+        }
+        if separate_engine_process(s.engine_process):
+            from serving.engine.process import EngineProcess
+
+            return EngineProcess.start(path, name, **kwargs)
         from serving.engine.mlx_engine import MLXEngine
 
-        return MLXEngine.load(
-            path,
-            name,
-            queue_limit=s.queue_limit,
-            max_batch_size=s.max_batch_size,
-            prefix_cache_bytes=s.prefix_cache_bytes,
-            kv_cache_bytes=s.kv_cache_bytes,
-            retry_after=s.retry_after_s,
-            prefix_cache_dir=settings.data_dir / "prefix-cache",
-            prefix_cache_disk_bytes=s.prefix_cache_disk_bytes,
-            prefix_cache_preload_bytes=s.prefix_cache_preload_bytes,
-            speculative=s.speculative,
-            coalesce_streams=s.coalesce_streams,
-            coalesce_tokens=s.coalesce_tokens,
-            coalesce_hold_ms=s.coalesce_hold_ms,
-        )
+        return MLXEngine.load(path, name, **kwargs)
 
     return factory
+
+
+def separate_engine_process(setting: str) -> bool:
+    """Whether `serve.engine_process` puts the engine in a process of its own: "auto" does where
+    MLX's default device is a GPU (CUDA or Metal)."""
+    if setting != "auto":
+        return setting == "on"
+    from pipelines.hardware import detect
+
+    return (detect().mlx_device or "").startswith("Device(gpu")

@@ -171,6 +171,16 @@ class MLXEngineConfig:
     coalesce_hold_ms: float = 50.0
 
 
+class Prepared(NamedTuple):
+    """A request validated and tokenized (`MLXEngine.prepare`), ready for `enqueue`."""
+
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    matcher: Any
+    checkpoints: tuple[int, ...]
+
+
 class _SoloToken(NamedTuple):
     """One token of a speculative step, shaped like the batch's responses for `_on_token`."""
 
@@ -369,6 +379,11 @@ class MLXEngine:
     # -- the Engine protocol (async side) ---------------------------------------------------------
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        return self._stream(request.request_id, self.prepare(request))
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """Validate, tokenize and fit a request (blocking; raises what `generate` raises before
+        the first delta). `enqueue` hands the result to the engine thread."""
         if self._closed:
             raise EngineClosedError(f"Model {self.model_name!r} was unloaded; load it again.")
         params = request.params
@@ -382,7 +397,7 @@ class MLXEngine:
         if self._admitted >= self.config.queue_limit:
             raise self._queue_full()
         checkpoints = self._checkpoints(request, prompt)
-        return self._stream(request.request_id, prompt, params, max_tokens, matcher, checkpoints)
+        return Prepared(prompt, params, max_tokens, matcher, checkpoints)
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._encode(request))
@@ -457,25 +472,22 @@ class MLXEngine:
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join)
 
-    async def _stream(
-        self,
-        request_id: str,
-        prompt: list[int],
-        params: SamplingParams,
-        max_tokens: int,
-        matcher: Any = None,
-        checkpoints: tuple[int, ...] = (),
-    ) -> AsyncIterator[Delta]:
+    def enqueue(self, request_id: str, prepared: Prepared, loop: Any, sink: Any) -> LiveSequence:
+        """Admit a prepared request: its deltas go to `sink.put_nowait` by
+        `loop.call_soon_threadsafe` (an asyncio queue and its loop, or what an engine process
+        sends them through: process.py). Raises QueueFullError or EngineClosedError; `release`
+        must follow."""
+        p = prepared
         seq = LiveSequence(
             request_id=request_id,
-            prompt=prompt,
-            params=params,
-            max_tokens=max_tokens,
-            loop=asyncio.get_running_loop(),
-            queue=asyncio.Queue(),
-            stops=StopStrings(params.stop),
-            matcher=matcher,
-            checkpoints=checkpoints,
+            prompt=p.prompt,
+            params=p.params,
+            max_tokens=p.max_tokens,
+            loop=loop,
+            queue=sink,
+            stops=StopStrings(p.params.stop),
+            matcher=p.matcher,
+            checkpoints=p.checkpoints,
         )
         with self._slots:  # under the lock that close() takes: an admit never follows "close"
             if self._closed or not self._thread.is_alive():
@@ -487,23 +499,32 @@ class MLXEngine:
                 self._last_together = time.monotonic()
             seq.queued_ns = time.time_ns()
             self._inbox.put(("admit", seq))
+        return seq
+
+    def release(self, seq: LiveSequence) -> None:
+        """A request's end on the consumer's side: a sequence still running (client gone, task
+        cancelled) is dropped from the batch; its slot in the queue limit is freed."""
+        if not seq.done:
+            self._inbox.put(("cancel", seq))
+        with self._slots:
+            self._admitted -= 1
+
+    async def _stream(self, request_id: str, prepared: Prepared) -> AsyncIterator[Delta]:
+        pending: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        seq = self.enqueue(request_id, prepared, asyncio.get_running_loop(), pending)
         try:
             while True:
-                item = await seq.queue.get()
+                item = await pending.get()
                 if isinstance(item, BaseException):
                     raise item
-                item, failed = coalesce(item, seq.queue)
+                item, failed = coalesce(item, pending)
                 yield item
                 if failed is not None:
                     raise failed
                 if item.finish_reason is not None:
                     return
         finally:
-            # Closed early (client gone, task cancelled): the thread drops it from the batch.
-            if not seq.done:
-                self._inbox.put(("cancel", seq))
-            with self._slots:
-                self._admitted -= 1
+            self.release(seq)
 
     def _queue_full(self) -> QueueFullError:
         return QueueFullError(

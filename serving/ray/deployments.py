@@ -161,6 +161,9 @@ class LLMServer:
         from serving.engine.manager import mlx_engine_factory
 
         s = _settings(settings)
+        if s.serve.engine_process == "auto":
+            # This replica is the engine's process already: the HTTP side is the ingress's.
+            s = s.model_copy(update={"serve": s.serve.model_copy(update={"engine_process": "off"})})
         self.model = model
         self._path = _store(s, store_factory).resolve(model)
         self._factory: Callable[[str, Path], Any] = (

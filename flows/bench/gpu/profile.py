@@ -29,12 +29,13 @@ which the GPU machine's wheels leave out. `timed_generation_steps` is the same `
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -231,11 +232,11 @@ class EngineProfile:
         engine = mlx_engine.MLXEngine
         step, on_token, deliver = engine._step, engine._on_token, engine._deliver
         fill = engine._fill
-        admit, generate = engine._admit, engine.generate
+        admit, prepare = engine._admit, engine.prepare
 
-        def generate_(this: Any, request: Any) -> Any:
+        def prepare_(this: Any, request: Any) -> Any:
             self.generated.append(time.perf_counter())
-            return generate(this, request)
+            return prepare(this, request)
 
         def fill_(this: Any) -> None:
             t = time.perf_counter()
@@ -300,7 +301,7 @@ class EngineProfile:
         engine._deliver = deliver_  # type: ignore[method-assign,assignment]
         engine._admit = admit_  # type: ignore[method-assign,assignment]
         engine._fill = fill_  # type: ignore[method-assign,assignment]
-        engine.generate = generate_  # type: ignore[method-assign,assignment]
+        engine.prepare = prepare_  # type: ignore[method-assign,assignment]
         GenerationBatch.next = add("gen_step", gen_next)  # type: ignore[method-assign]
         mlx_engine._put_all = put_all_
         if self.trace is not None:
@@ -393,10 +394,36 @@ class EngineProfile:
         }
 
     async def endpoint(self) -> dict[str, Any]:
-        """POST /bench/profile: the report, then a fresh start."""
+        """POST /bench/profile: the report, then a fresh start. With the engine in a process of
+        its own (serving/engine/process.py), the engine's figures are that process's
+        (`in_engine_process`) and the threads' CPU seconds both processes'."""
         out = self.report()
         self.reset()
+        engine = await self.engine() if self.engine is not None else None
+        if engine is None:
+            return out
+        theirs = await asyncio.to_thread(engine.call, "bench_profile")
+        cpu = dict(out["thread_cpu_s"])
+        for name, seconds in theirs["thread_cpu_s"].items():
+            cpu["engine-process" if name == "MainThread" else name] = seconds
+        return {**theirs, "thread_cpu_s": cpu}
+
+    # Set by `main`: the model's engine when it runs in a process of its own, else None.
+    engine: Callable[[], Awaitable[Any]] | None = None
+
+
+def in_engine_process() -> dict[str, Callable[..., Any]]:
+    """`IMPETUS_ENGINE_PROCESS_HOOK`'s target (process.py): the timers in the engine's process,
+    and the call that reports them."""
+    profile = EngineProfile()
+    profile.install()
+
+    def report(_engine: Any) -> dict[str, Any]:
+        out = profile.report()
+        profile.reset()
         return out
+
+    return {"bench_profile": report}
 
 
 def with_engine_config(overrides: dict[str, Any]) -> None:
@@ -433,6 +460,8 @@ def main() -> None:
         with_engine_config(json.loads(engine_config))
     profile = EngineProfile()
     profile.install()
+    # the same timers in the engine's process, where it has one
+    os.environ["IMPETUS_ENGINE_PROCESS_HOOK"] = "flows.bench.gpu.profile:in_engine_process"
 
     import uvicorn
 
@@ -449,6 +478,14 @@ def main() -> None:
     s = s.model_copy(update={"serve": s.serve.model_copy(update={"host": HOST, "port": port})})
     manager = ModelManager.from_settings(s, mlx_engine_factory(s))
     app = create_app(s, manager=manager, preload_default=True)
+
+    async def engine_process() -> Any:
+        from serving.engine.process import EngineProcess
+
+        async with manager.use(s.models.llm) as engine:
+            return engine if isinstance(engine, EngineProcess) else None
+
+    profile.engine = engine_process
     app.add_api_route("/bench/profile", profile.endpoint, methods=["POST"])
     config = uvicorn.Config(app, host=HOST, port=port, log_config=None, timeout_graceful_shutdown=5)
     GracefulServer(config, shutdown=app.state.shutdown).run()

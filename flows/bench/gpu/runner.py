@@ -55,7 +55,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -483,36 +483,44 @@ def http_level(
 
 
 def paired_level(
-    model: Any, prompt_ids: list[list[int]], server: Server, streams: int, args: argparse.Namespace
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The bare loop's and Impetus's cells at `streams`, their rounds alternating (bare then
-    Impetus, then Impetus then bare, ...), so that a machine slowing down for a while (the lent
-    hosts' CPUs: a side's rounds varied by up to 45 % within a minute) weighs on both alike.
-    The Impetus cell also gets each pair's ratio."""
+    model: Any,
+    prompt_ids: list[list[int]],
+    servers: dict[str, Server],
+    streams: int,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The bare loop's cell and each server's at `streams`, their rounds alternating (bare then
+    the servers, then the servers then bare, ...), so that a machine slowing down for a while
+    (the lent hosts' CPUs: a side's rounds varied by up to 45 % within a minute) weighs on all
+    alike. Each server's cell also gets each round's ratio to the bare loop's."""
     n = args.max_tokens
     bare: list[dict[str, Any]] = []
-    served: list[dict[str, Any]] = []
-    report = None
+    served: dict[str, list[dict[str, Any]]] = {side: [] for side in servers}
+    reports: dict[str, dict[str, Any] | None] = dict.fromkeys(servers)
+    order = ["bare", *servers]
     with client_pool(streams) as (pool, procs):
         bare_round(model, prompt_ids, streams, n)  # warm-ups, client processes up
-        http_burst(server, streams, n, pool, procs)
+        for server in servers.values():
+            http_burst(server, streams, n, pool, procs)
         with timed_generation_steps() as seen:  # this process's steps: the bare loop's
             for i in range(args.rounds):
                 last = i == args.rounds - 1
-                for side in ("bare", "impetus") if i % 2 == 0 else ("impetus", "bare"):
+                for side in order if i % 2 == 0 else order[::-1]:
                     if side == "bare":
                         bare.append(bare_round(model, prompt_ids, streams, n))
-                    else:
-                        got, report_ = profiled_burst(server, streams, n, pool, procs, last)
-                        served.append(got)
-                        report = report_ or report
+                        continue
+                    got, report = profiled_burst(servers[side], streams, n, pool, procs, last)
+                    served[side].append(got)
+                    reports[side] = report or reports[side]
     bare_cell = pooled(bare)
     bare_cell["gen_step_ms"] = percentile([dt * 1000 for dt in full_batch(seen)], 50)
-    cell = with_profile(pooled(served), procs, served[-1], report)
-    ratios = [i / b for i, b in zip(cell["round_tps"], bare_cell["round_tps"], strict=False)]
-    cell["paired_ratios"] = ratios
-    cell["paired_ratio_median"] = statistics.median(ratios) if ratios else None
-    return bare_cell, cell
+    cells = {}
+    for side, rounds in served.items():
+        cell = cells[side] = with_profile(pooled(rounds), procs, rounds[-1], reports[side])
+        ratios = [i / b for i, b in zip(cell["round_tps"], bare_cell["round_tps"], strict=False)]
+        cell["paired_ratios"] = ratios
+        cell["paired_ratio_median"] = statistics.median(ratios) if ratios else None
+    return bare_cell, cells
 
 
 def round_timeline(
@@ -696,24 +704,34 @@ def in_process(run: Run, name: str, folder: Path, levels: list[int]) -> tuple[An
 
 
 def interleaved(run: Run, name: str, folder: Path, levels: list[int]) -> None:
-    """`--interleave`: the bare loop (here) and Impetus (its server up throughout) at each
-    level, round for round (`paired_level`); the model loaded in both processes."""
+    """`--interleave`: the bare loop (here) and Impetus (its server up throughout; with
+    `--thread-engine`, a second one whose engine runs in its server's process) at each level,
+    round for round (`paired_level`); the model loaded in every process."""
     model, prompt_ids = in_process(run, name, folder, [])
     register(name, folder)
     try:
-        with impetus_server(run, name, max(levels)) as server:
-            run.results["models"][name]["impetus_ready_s"] = server.ready_s
+        with ExitStack() as stack:
+            servers = {"impetus": stack.enter_context(impetus_server(run, name, max(levels)))}
+            if run.args.thread_engine:
+                servers["impetus_thread"] = stack.enter_context(
+                    impetus_server(
+                        run, name, max(levels), "-thread", IMPETUS_SERVE__ENGINE_PROCESS="off"
+                    )
+                )
+            for side, server in servers.items():
+                run.results["models"][name][f"{side}_ready_s"] = server.ready_s
             for b in levels:
-                served: list[dict[str, Any]] = []  # Impetus's cell, kept once the pair is measured
+                served: list[dict[str, dict[str, Any]]] = []  # the servers' cells, once measured
 
-                def measure(b: int = b, served: list[dict[str, Any]] = served) -> dict[str, Any]:
-                    bare, impetus = paired_level(model, prompt_ids, server, b, run.args)
-                    served.append(impetus)
+                def measure(b: int = b, served: list[Any] = served) -> dict[str, Any]:
+                    bare, cells = paired_level(model, prompt_ids, servers, b, run.args)
+                    served.append(cells)
                     return bare
 
                 run.cell(name, "bare", b, measure)
-                for impetus in served:
-                    run.record(name, "impetus", b, impetus)
+                for cells in served:
+                    for side, cell in cells.items():
+                        run.record(name, side, b, cell)
     except Exception as exc:
         run.results["errors"].append(f"{name}/interleaved: {type(exc).__name__}: {exc}"[:3000])
         run.save()
@@ -895,6 +913,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--interleave", action="store_true",
         help="the bare loop and Impetus only, their rounds alternating at each level",
+    )  # fmt: skip
+    p.add_argument(
+        "--thread-engine", action="store_true",
+        help="with --interleave, also Impetus with its engine in the server's process",
     )  # fmt: skip
     p.add_argument("--deadline-s", type=float, default=480.0)
     p.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s")

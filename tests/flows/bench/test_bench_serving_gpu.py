@@ -17,9 +17,11 @@ from pipelines.settings import PROJECT_ROOT
 from tests.flows.conftest import run_cli
 
 
-def run_runner(tmp_path: Path, models_dir: Path, *args: str) -> dict[str, Any]:
-    """The runner on the few-MB Llama with `args`, in a process of its own; its results, which
-    must hold no error and no skipped cell."""
+def run_runner(
+    tmp_path: Path, models_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The runner on the few-MB Llama with `args` (and `env`), in a process of its own; its
+    results, which must hold no error and no skipped cell."""
     out = tmp_path / "out"
     runner = ["flows.bench.gpu.runner", str(out), "--tiny", "--models", "tiny-bf16"]
     runner += ["--smollm2", str(models_dir / "smollm2-135m-instruct")]
@@ -27,7 +29,7 @@ def run_runner(tmp_path: Path, models_dir: Path, *args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", *runner],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "IMPETUS_DATA_DIR": str(tmp_path / "work" / "data")},
+        env={**os.environ, "IMPETUS_DATA_DIR": str(tmp_path / "work" / "data"), **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -103,30 +105,44 @@ def test_runner_results_log_as_an_mlflow_run(
 def test_interleaved_rounds_pair_the_bare_loop_with_impetus(
     tmp_path: Path, ready_models_dir: Path
 ) -> None:
-    """`--interleave`: one server up while the bare loop runs here, their rounds alternating;
-    the Impetus cell carries each pair's ratio and their median, and the table shows them."""
+    """`--interleave`: the servers up while the bare loop runs here, their rounds alternating;
+    each server's cell carries each round's ratio and their median, and the table shows them.
+    With `--thread-engine`, Impetus twice: its engine in a process of its own (as on a GPU,
+    forced here), whose profile comes from that process, and in the server's."""
     from flows.bench.serving_gpu import goals, render_table
 
     results = run_runner(
-        tmp_path, ready_models_dir, "--interleave", "--levels", "2", "--forward-levels", "2",
-        "--max-tokens", "4", "--rounds", "3",
+        tmp_path, ready_models_dir, "--interleave", "--thread-engine", "--levels", "2",
+        "--forward-levels", "2", "--max-tokens", "4", "--rounds", "3",
+        env={"IMPETUS_SERVE__ENGINE_PROCESS": "on"},
     )  # fmt: skip
     cells = {c["side"]: c for c in results["cells"]}
-    assert set(cells) == {"forward", "bare", "impetus"}
-    bare, impetus = cells["bare"], cells["impetus"]
-    assert bare["rounds"] == impetus["rounds"] == 3 and bare["tokens"] == impetus["tokens"] == 24
-    assert bare["gen_step_ms"] > 0 and impetus["failed"] == 0 and "profile" in impetus
-    ratios = impetus["paired_ratios"]
-    assert ratios == pytest.approx(
-        [i / b for i, b in zip(impetus["round_tps"], bare["round_tps"], strict=True)]
-    )
-    assert impetus["paired_ratio_median"] == pytest.approx(sorted(ratios)[1])
+    assert set(cells) == {"forward", "bare", "impetus", "impetus_thread"}
+    bare = cells["bare"]
+    assert bare["rounds"] == 3 and bare["tokens"] == 24 and bare["gen_step_ms"] > 0
+    for side in ("impetus", "impetus_thread"):
+        impetus = cells[side]
+        assert impetus["rounds"] == 3 and impetus["tokens"] == 24 and impetus["failed"] == 0
+        ratios = impetus["paired_ratios"]
+        assert ratios == pytest.approx(
+            [i / b for i, b in zip(impetus["round_tps"], bare["round_tps"], strict=True)]
+        )
+        assert impetus["paired_ratio_median"] == pytest.approx(sorted(ratios)[1])
+        profile = impetus["profile"]  # the engine's steps, from whichever process ran them
+        assert profile["steps"] > 0 and profile["step_ms"] > 0
+        assert "mlx-engine-tiny-bf16" in profile["thread_cpu_s"]
+    # the engine process's threads and the server's are both counted
+    assert "engine-process" in cells["impetus"]["profile"]["thread_cpu_s"]
+    assert "engine-process" not in cells["impetus_thread"]["profile"]["thread_cpu_s"]
     # the yardstick's goals read it where it ran on the 1B model
     for c in results["cells"]:
         c["model"], c["streams"] = "llama1b-bf16", 64
     results["models"] = {"llama1b-bf16": results["models"]["tiny-bf16"]}
+    impetus = cells["impetus"]
     assert goals(results)["goal_c64_vs_bare_paired"] == impetus["paired_ratio_median"]
-    assert f"| {impetus['paired_ratio_median']:.2f} (" in render_table(results)
+    table = render_table(results)
+    assert f"| {impetus['paired_ratio_median']:.2f} (" in table
+    assert "| impetus_thread | 64 |" in table
 
 
 def test_results_files_merge_by_model(tmp_path: Path) -> None:
