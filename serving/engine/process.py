@@ -8,8 +8,8 @@ in a child process started with `spawn`, and this process keeps only what HTTP n
 
 Seams, one sentence each:
 - The parent (`EngineProcess`) starts `python -m serving.engine.process` and sends it requests and
-  calls over one socket pair; a writer thread
-  sends, so that any thread (or a finalizer) may post; a reader thread receives.
+  calls over one socket pair: a call from the thread that makes it, what must not block (a
+  finalizer's release) through a writer thread; a reader thread receives.
 - `generate` registers its stream, then asks the child to validate, tokenize and admit the
   request (`MLXEngine.prepare` and `enqueue`, in a worker thread there): the errors a request
   raises before its first delta are raised by `generate`, as in-process, pickled (a domain error
@@ -64,7 +64,7 @@ from serving.engine.base import (
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 120.0  # a call the child does not answer in this long fails (tokenizing is < 1 s)
-STATS_TIMEOUT_S = 2.0  # stats() answers from its last reply past this
+STATS_TIMEOUT_S = 0.5  # stats() answers from its last reply past this
 CLOSE_TIMEOUT_S = 30.0  # then the child is killed
 HOOK_ENV = "IMPETUS_ENGINE_PROCESS_HOOK"  # see child_main
 
@@ -203,7 +203,10 @@ class EngineProcess:
             weakref.WeakValueDictionary()
         )
         self._calls: dict[int, Future[Any]] = {}
+        # Calls are sent by the thread that makes them; what must not block (a release from a
+        # finalizer, the arrivals count under its lock, close) goes through the writer thread.
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._send_lock = threading.Lock()
         self._closed = False
         self._closing = False  # close() was called
         self._gone: str | None = None  # why the child is gone, once it is
@@ -333,7 +336,14 @@ class EngineProcess:
         key = next(self._keys)
         future: Future[Any] = Future()
         self._calls[key] = future
-        self._outbox.put(("call", key, method, args))
+        try:
+            with self._send_lock:  # from this thread: no hop through the writer's
+                self._conn.send(("call", key, method, args))
+        except (OSError, ValueError):
+            self._calls.pop(key, None)
+            raise EngineClosedError(
+                self._gone or f"Model {self.model_name!r} was unloaded; load it again."
+            ) from None
         try:
             return future.result(timeout=timeout)
         except TimeoutError:
@@ -357,7 +367,8 @@ class EngineProcess:
             if msg is None:
                 return
             try:
-                self._conn.send(msg)
+                with self._send_lock:
+                    self._conn.send(msg)
             except (OSError, ValueError):  # the child is gone: the reader says so
                 return
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,7 +149,7 @@ def test_refusals_cross_with_their_fields(remote: EngineProcess) -> None:
     assert "Traceback" not in str(tokens.value)
 
     async def overflow() -> None:
-        streams = [
+        streams: list[Any] = [
             await asyncio.to_thread(remote.generate, req(f"q{i}", "Count:", max_tokens=200))
             for i in range(QUEUE_LIMIT)
         ]
@@ -223,6 +227,39 @@ def test_close_ends_running_streams_and_the_process(model_path: Path) -> None:
     asyncio.run(scenario())
     assert eng._process.returncode == 0
     assert eng.stats().memory_bytes == 0
+
+
+def test_the_engine_process_ends_when_its_parent_is_killed(model_path: Path) -> None:
+    """A server killed outright (no shutdown) leaves no engine process holding the model."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from serving.engine.process import EngineProcess\n"
+            f"e = EngineProcess.start({str(model_path)!r}, 'orphan')\n"
+            "print(e._process.pid, flush=True)\n"
+            "time.sleep(600)\n"
+        )],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],  # the project root: `serving` imports
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        wait_until(lambda: not _alive(child))
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (an orphan is reaped by init; a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_a_folder_that_does_not_load_is_a_clear_error(tmp_path: Path) -> None:

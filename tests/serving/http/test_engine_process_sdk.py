@@ -25,7 +25,7 @@ from tests.serving.servers import serving_settings, uvicorn_server
 
 pytest.importorskip("mlx_lm")
 
-ASK = [{"role": "user", "content": "Name three colours."}]
+ASK: Any = [{"role": "user", "content": "Name three colours."}]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_chat_streams_and_answers_from_the_engine_process(
     messages = anthropic.Anthropic(base_url=url, api_key="none").messages.create(
         model=model,
         max_tokens=6,
-        messages=ASK,  # type: ignore[arg-type]
+        messages=ASK,
     )
     assert messages.usage.output_tokens == 6 and messages.content[0].type == "text"
 
