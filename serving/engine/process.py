@@ -3,8 +3,8 @@
 Why (docs/decisions/engine-process.md): in one process the HTTP side (routing, JSON, SSE framing
 for every stream) and the engine thread that feeds the accelerator share one interpreter lock.
 On a GPU host with a slow CPU, at 64 streams, the event loop's 1.5 ms of Python per decode step
-was 1.5 ms the engine's step waited for the lock. Here the engine (`MLXEngine`, unchanged) runs
-in a child process started with `spawn`, and this process keeps only what HTTP needs.
+was 1.5 ms the engine's step waited for the lock. Here the engine (`MLXEngine`) runs in a child
+process, and this process keeps only what HTTP needs.
 
 Seams, one sentence each:
 - The parent (`EngineProcess`) starts `python -m serving.engine.process` and sends it requests and
@@ -22,8 +22,8 @@ Seams, one sentence each:
   from its finalizer.
 - `Arrivals` (requests the server is still reading) is copied to the child at each change (a
   message), where the engine reads it when a burst wakes it.
-- If the child dies, every open stream and call ends with EngineError, and the engine counts as
-  closed (the model manager loads it again on the next request); if the parent dies, the pipe
+- If the child dies, every open stream and call ends with EngineClosedError (503), and the engine
+  is `gone` (the model manager loads the model again on the next request); if the parent dies, the pipe
   closes and the child closes its engine and exits. The child ignores Ctrl-C: its parent's
   shutdown closes it.
 """
