@@ -6,8 +6,9 @@ format: the messages (chat-template dicts) or the prompt text or token ids, the 
 OpenAI's (or any other API's) request into it happens on the HTTP side (serving/http/openai/
 translate.py), once per request. The FastAPI routes (serving/http/app.py) and the Ray Serve
 deployments code against `Engine`; `serving/engine/mlx_engine.py` implements it with one thread that alone
-touches MLX, and `serving/engine/process.py` puts that engine in a child process (on a GPU). The engine knows nothing of HTTP: it raises the domain errors below, and the app maps
-them to OpenAI-shaped responses in one handler. Tests use the real MLX engine on the bundled model,
+touches MLX, and `serving/engine/process.py` puts that engine in a child process (on a GPU). The
+engine knows nothing of HTTP: it raises the domain errors below, and the app maps them to
+OpenAI-shaped responses in one handler. Tests use the real MLX engine on the bundled model,
 or a small fake that implements this protocol.
 """
 
