@@ -415,6 +415,7 @@ class EngineProfile:
 def in_engine_process() -> dict[str, Callable[..., Any]]:
     """`IMPETUS_ENGINE_PROCESS_HOOK`'s target (process.py): the timers in the engine's process,
     and the call that reports them."""
+    experiments()  # they apply to the engine, wherever it runs
     profile = EngineProfile()
     profile.install()
 
@@ -441,23 +442,29 @@ def with_engine_config(overrides: dict[str, Any]) -> None:
     MLXEngine.load = classmethod(load_with)  # type: ignore[method-assign,assignment]
 
 
-def main() -> None:
-    """Impetus's app on 127.0.0.1:--port, as `impetus serve` runs it, with the profile's route."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    port = parser.parse_args().port
-    # An experiment (runner.py's impetus_si side): how long a thread that wants the GIL waits
-    # for the one holding it (CPython's default is 5 ms), the event loop and the engine sharing it.
+def experiments() -> None:
+    """The runner's experiment sides, from the environment, in this process (the server's, and
+    the engine's where it has its own: `in_engine_process`)."""
+    # runner.py's impetus_si side: how long a thread that wants the GIL waits for the one holding
+    # it (CPython's default is 5 ms), the event loop and the engine sharing it.
     switch_ms = os.environ.get("IMPETUS_BENCH_SWITCH_INTERVAL_MS")
     if switch_ms:
         import sys
 
         sys.setswitchinterval(float(switch_ms) / 1000)
-    # An experiment (runner.py's impetus_pf* sides): MLXEngineConfig fields over their defaults,
-    # as JSON, e.g. {"prefill_batch_size": 64}.
+    # runner.py's impetus_pf* sides: MLXEngineConfig fields over their defaults, as JSON, e.g.
+    # {"prefill_batch_size": 64}.
     engine_config = os.environ.get("IMPETUS_BENCH_ENGINE_CONFIG")
     if engine_config:
         with_engine_config(json.loads(engine_config))
+
+
+def main() -> None:
+    """Impetus's app on 127.0.0.1:--port, as `impetus serve` runs it, with the profile's route."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args().port
+    experiments()
     profile = EngineProfile()
     profile.install()
     # the same timers in the engine's process, where it has one
