@@ -277,22 +277,23 @@ class EngineProfile:
             now = time.perf_counter()
             self.delivered.append(now)
             self._scheduled.extend(now for _ in out)
+            for items in out.values():  # the last deltas' stages (here: in the engine's process)
+                for _, item in items:
+                    timings = getattr(item, "timings", None)
+                    if timings is not None:
+                        queued = (timings.admitted_ns - timings.queued_ns) / 1e6
+                        self.stages.append(
+                            (queued, (timings.first_token_ns - timings.admitted_ns) / 1e6)
+                        )
+                        self.windows.append(
+                            (timings.queued_ns, timings.admitted_ns, timings.first_token_ns)
+                        )
             add("deliver", deliver)(this, out)
 
         def put_all_(items: list[Any]) -> None:
             t = time.perf_counter()
             if self._scheduled:
                 self.lag.append(t - self._scheduled.popleft())
-            for _, item in items:
-                timings = getattr(item, "timings", None)
-                if timings is not None:
-                    queued = (timings.admitted_ns - timings.queued_ns) / 1e6
-                    self.stages.append(
-                        (queued, (timings.first_token_ns - timings.admitted_ns) / 1e6)
-                    )
-                    self.windows.append(
-                        (timings.queued_ns, timings.admitted_ns, timings.first_token_ns)
-                    )
             put_all(items)
             self.callback.append(time.perf_counter() - t)
 

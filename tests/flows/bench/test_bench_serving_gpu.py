@@ -130,6 +130,7 @@ def test_interleaved_rounds_pair_the_bare_loop_with_impetus(
         assert impetus["paired_ratio_median"] == pytest.approx(sorted(ratios)[1])
         profile = impetus["profile"]  # the engine's steps, from whichever process ran them
         assert profile["steps"] > 0 and profile["step_ms"] > 0
+        assert len(profile["admitted_to_first_token_ms"]) == 2  # the round's two sequences
         assert "mlx-engine-tiny-bf16" in profile["thread_cpu_s"]
     # the engine process's threads and the server's are both counted
     assert "engine-process" in cells["impetus"]["profile"]["thread_cpu_s"]
