@@ -324,8 +324,9 @@ async def sampler(server: Server, plan: LoadPlan, rec: Record) -> None:
     rng = random.Random(plan.seed)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=LIMITS) as client:
         while True:
-            due = time.monotonic() + plan.sample_s
-            s: dict[str, float] = {"t": rec.now()}
+            taken = time.monotonic()
+            due = taken + plan.sample_s
+            s: dict[str, float] = {"t": 0.0}  # set when kept (below)
             with proc.oneshot():
                 s["rss_bytes"] = float(proc.memory_info().rss)
                 s["fds"] = float(proc.num_fds())
@@ -348,6 +349,10 @@ async def sampler(server: Server, plan: LoadPlan, rec: Record) -> None:
             s["inflight"] = float(rec.inflight)
             s["calls"] = float(len(rec.calls))
             s["errors"] = float(sum(c.outcome not in ("ok", "cut", "4xx") for c in rec.calls))
+            # Time 0 may have moved while this sample was taken (`start_clock`, when priming
+            # ends): its time is read against the clock as it is now. (A sample begun before and
+            # kept after kept the old clock: its MLflow timestamp came after the next sample's.)
+            s["t"] = taken - rec.started
             rec.samples.append(s)
             if time.monotonic() >= rec.until:
                 return
