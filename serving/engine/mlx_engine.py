@@ -58,7 +58,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -245,9 +245,15 @@ def chat_template_renders_tools(chat_template: str | None) -> bool:
     return bool(chat_template) and re.search(r"\btools\b", chat_template or "") is not None
 
 
-def coalesce(
-    first: Delta, pending: asyncio.Queue[Delta | BaseException]
-) -> tuple[Delta, BaseException | None]:
+class Waiting(Protocol):
+    """Deltas waiting for a consumer: an asyncio.Queue, or an engine process's stream
+    (process.py)."""
+
+    def empty(self) -> bool: ...
+    def get_nowait(self) -> Delta | BaseException: ...
+
+
+def coalesce(first: Delta, pending: Waiting) -> tuple[Delta, BaseException | None]:
     """`first` merged with the deltas already waiting behind it, and the error that ended them
     (if one did). A consumer that fell behind the decode steps then sends one event for what
     came meanwhile, not one per token: on a fast accelerator a step can take less time than

@@ -60,6 +60,7 @@ from serving.engine.base import (
     EngineStats,
     GenerationRequest,
 )
+from serving.engine.mlx_engine import MLXEngine, coalesce  # MLX: imported off the event loop
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class _RemoteStream:
         self._owner = owner
         self._key = key
         self._lock = threading.Lock()
-        self._items: deque[Delta | BaseException] = deque()
+        self._items = _Waiting()
         self._waiter: asyncio.Future[None] | None = None
         self._finished = False  # the last delta or an error was returned
         self._released = False
@@ -134,7 +135,11 @@ class _RemoteStream:
             with self._lock:
                 if self._items:
                     first = self._items.popleft()
-                    merged, failed = _coalesce(first, self._items)
+                    merged, failed = (
+                        (first, None)
+                        if isinstance(first, BaseException)
+                        else coalesce(first, self._items)
+                    )
                     break
                 waiter = self._waiter = asyncio.get_running_loop().create_future()
             await waiter
@@ -164,22 +169,14 @@ class _RemoteStream:
             self._owner._release(self._key)
 
 
-def _coalesce(
-    first: Delta | BaseException, items: deque[Delta | BaseException]
-) -> tuple[Delta | BaseException, BaseException | None]:
-    """`first` merged with the deltas queued behind it (as `mlx_engine.coalesce`), under the
-    stream's lock; and the error that ended them, if one did."""
-    from serving.engine.mlx_engine import merge_deltas
+class _Waiting(deque[Delta | BaseException]):
+    """A stream's deltas not yet taken, as `mlx_engine.coalesce` reads them."""
 
-    if isinstance(first, BaseException):
-        return first, None
-    merged = first
-    while merged.finish_reason is None and items:
-        item = items.popleft()
-        if isinstance(item, BaseException):
-            return merged, item
-        merged = merge_deltas(merged, item)
-    return merged, None
+    def empty(self) -> bool:
+        return not self
+
+    def get_nowait(self) -> Delta | BaseException:
+        return self.popleft()
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:
@@ -485,8 +482,6 @@ def child_main(fd: int) -> None:
     conn = Connection(fd)
     path, name, load_kwargs = conn.recv()
     logging.basicConfig(level=logging.WARNING, format=f"engine[{name}] %(levelname)s %(message)s")
-    from serving.engine.mlx_engine import MLXEngine
-
     # A bench's or a test's "module:function", run before the load (timers around the engine's
     # methods): it returns calls, by name, that the parent may make (`EngineProcess.call`), each
     # called with the engine first.
