@@ -81,13 +81,13 @@ class Processes:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     @staticmethod
-    def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        """Signal the process group, then SIGKILL what is left after 30 s."""
+    def stop(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after `grace` seconds."""
         if proc.poll() is not None:
             return
         try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=30)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
@@ -96,10 +96,12 @@ class Processes:
 
     def stop_all(self) -> None:
         """Clients first (the worker, the clean run), newest first, then the servers: a Prefect
-        server asked to stop waits up to 30 s for the worker's open connections."""
+        server asked to stop waits up to 30 s for the worker's open connections. The test is
+        over: a worker that has not exited 3 s after SIGTERM is killed (one that lived through
+        the outage did not exit in 30 s, on SIGINT either)."""
         newest_first = list(reversed(self.started))
         for proc in sorted(newest_first, key=lambda p: p in self.servers):
-            self.stop(proc)
+            self.stop(proc, grace=30 if proc in self.servers else 3)
 
 
 @pytest.fixture
