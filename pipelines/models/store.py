@@ -56,7 +56,8 @@ class SamplingDefaults:
 
     def fields(self) -> dict[str, Any]:
         """The sampling fields this model sets, by SamplingParams' names."""
-        return {k: v for k, v in asdict(self).items() if k != "source" and v is not None}
+        values = {k: getattr(self, k) for k in _SAMPLING_KEYS}  # read per request: no asdict
+        return {k: v for k, v in values.items() if v is not None}
 
     def describe(self) -> str:
         """`temperature=0.2 top_p=0.9`, or `-` when the model sets none."""

@@ -194,6 +194,7 @@ class EngineProcess:
         self._conn = conn
         self._process = process
         self._arrivals: Arrivals | None = None
+        self._arriving: bool | None = None  # what the child was last told (`_count_arrivals`)
         self._keys = itertools.count(1)
         # weakly: a stream dropped without being closed is finalized, which releases it
         self._streams: weakref.WeakValueDictionary[int, _RemoteStream] = (
@@ -262,11 +263,18 @@ class EngineProcess:
             self._arrivals.unwatch(self._count_arrivals)
         self._arrivals = arrivals
         if arrivals is not None:
+            self._arriving = None
             arrivals.watch(self._count_arrivals)
 
     def _count_arrivals(self, pending: int) -> None:
-        """`arrivals` changed (under its lock: a put, nothing more): the child's copy follows."""
-        self._outbox.put(("arrivals", pending))
+        """`arrivals` changed (under its lock: a put, nothing more): the child's copy follows
+        whether any are on their way, which is all the engine reads (`MLXEngine._burst`). Only
+        changes of that cross: a burst of 64 requests counted in and out is two messages, not
+        128 wake-ups of the writer thread competing with the event loop for the GIL."""
+        arriving = pending > 0
+        if arriving != self._arriving:
+            self._arriving = arriving
+            self._outbox.put(("arrivals", int(arriving)))
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self._check_open()
@@ -275,6 +283,30 @@ class EngineProcess:
         self._streams[key] = stream  # before the child admits it: its first delta may be quick
         try:
             self._call("submit", key, request)
+        except BaseException:
+            stream._released = True  # the child holds nothing for it
+            self._streams.pop(key, None)
+            raise
+        return stream
+
+    async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """`generate` awaited on the event loop: nothing here blocks (the request is pickled
+        and sent; the child validates, tokenizes and admits it), so a burst of requests reaches
+        the engine without a hop through a worker thread each (serving/http/generation.py)."""
+        self._check_open()
+        key = next(self._keys)
+        stream = _RemoteStream(self, key)
+        self._streams[key] = stream
+        try:
+            await asyncio.wait_for(
+                asyncio.wrap_future(self._send_call("submit", key, request)), CALL_TIMEOUT_S
+            )
+        except TimeoutError:
+            stream._release()  # the child may still admit it: released there when it does
+            raise self._no_answer("submit") from None
+        except asyncio.CancelledError:
+            stream._release()  # likewise: the client went away while the child admitted it
+            raise
         except BaseException:
             stream._released = True  # the child holds nothing for it
             self._streams.pop(key, None)
@@ -328,28 +360,35 @@ class EngineProcess:
             raise EngineClosedError(f"Model {self.model_name!r} was unloaded; load it again.")
 
     def _call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
+        try:
+            return self._send_call(method, *args).result(timeout=timeout)
+        except TimeoutError:
+            raise self._no_answer(method, timeout) from None
+
+    def _send_call(self, method: str, *args: Any) -> Future[Any]:
+        """Send a call (from this thread: no hop through the writer's); its answer comes to the
+        future (the reader thread), which then leaves `_calls`."""
         if self._gone is not None:
             raise EngineClosedError(self._gone)
         key = next(self._keys)
         future: Future[Any] = Future()
         self._calls[key] = future
+        future.add_done_callback(lambda _: self._calls.pop(key, None))
         try:
-            with self._send_lock:  # from this thread: no hop through the writer's
+            with self._send_lock:
                 self._conn.send(("call", key, method, args))
         except (OSError, ValueError):
             self._calls.pop(key, None)
             raise EngineClosedError(
                 self._gone or f"Model {self.model_name!r} was unloaded; load it again."
             ) from None
-        try:
-            return future.result(timeout=timeout)
-        except TimeoutError:
-            raise EngineError(
-                f"The engine process of model {self.model_name!r} did not answer {method} in "
-                f"{timeout:g} s."
-            ) from None
-        finally:
-            self._calls.pop(key, None)
+        return future
+
+    def _no_answer(self, method: str, timeout: float = CALL_TIMEOUT_S) -> EngineError:
+        return EngineError(
+            f"The engine process of model {self.model_name!r} did not answer {method} in "
+            f"{timeout:g} s."
+        )
 
     def _release(self, key: int) -> None:
         """A stream ended on this side, once (any thread, or a finalizer: SimpleQueue.put is
@@ -498,14 +537,30 @@ def child_main(fd: int) -> None:
     arrivals = engine.arrivals = _CopiedArrivals()
     wire = _Wire(conn)
     seqs: dict[int, Any] = {}
+    # streams released before their submit was answered (the parent's request was cancelled
+    # while this process admitted it: `agenerate`); guarded with `seqs` by the lock
+    early: set[int] = set()
+    lock = threading.Lock()
 
     def answer(key: int, method: str, args: tuple[Any, ...]) -> None:
         try:
             if method == "submit":
                 stream_key, request = args
-                seqs[stream_key] = engine.enqueue(
-                    request.request_id, engine.prepare(request), wire, stream_key
-                )
+                try:
+                    seq = engine.enqueue(
+                        request.request_id, engine.prepare(request), wire, stream_key
+                    )
+                except BaseException:
+                    with lock:
+                        early.discard(stream_key)
+                    raise
+                with lock:
+                    released = stream_key in early
+                    early.discard(stream_key)
+                    if not released:
+                        seqs[stream_key] = seq
+                if released:
+                    engine.release(seq)
                 value: Any = None
             elif method in extras:
                 value = extras[method](engine, *args)
@@ -527,7 +582,10 @@ def child_main(fd: int) -> None:
             except (EOFError, OSError):
                 break
             if msg[0] == "release":
-                seq = seqs.pop(msg[1], None)
+                with lock:
+                    seq = seqs.pop(msg[1], None)
+                    if seq is None:
+                        early.add(msg[1])
                 if seq is not None:
                     engine.release(seq)
             elif msg[0] == "call":

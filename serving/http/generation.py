@@ -115,7 +115,7 @@ class Generation:
             engine: Engine = await stack.enter_async_context(ctx.manager.use(model))
             limit = ctx.settings.serve.queue_limit
 
-            def submit() -> None:
+            def built() -> list[GenerationRequest]:
                 reqs = list(requests(engine))
                 if len(reqs) > limit:
                     # a 503 would tell the client to retry a request that can never fit
@@ -125,14 +125,25 @@ class Generation:
                         "fewer prompts or a smaller n per request.",
                         param="n",
                     )
-                for req in reqs:
+                return reqs
+
+            def submit() -> None:
+                for req in built():
                     gen._iters.append(engine.generate(req))
                     gen.seqs.append(_Seq())
 
-            # Templating and tokenizing a long prompt (engine.generate validates and tokenizes
-            # before it returns) take CPU seconds: a worker thread, so the event loop (health
-            # probes, other streams) never waits on them.
-            await anyio.to_thread.run_sync(submit)
+            agenerate = getattr(engine, "agenerate", None)
+            if agenerate is not None:
+                # The engine's own process templates and tokenizes (serving/engine/process.py):
+                # submitted from the event loop, no worker thread per request.
+                for req in built():
+                    gen._iters.append(await agenerate(req))
+                    gen.seqs.append(_Seq())
+            else:
+                # Templating and tokenizing a long prompt (engine.generate validates and
+                # tokenizes before it returns) take CPU seconds: a worker thread, so the event
+                # loop (health probes, other streams) never waits on them.
+                await anyio.to_thread.run_sync(submit)
             arrivals.submitted()
         except BaseException:
             await gen.aclose()

@@ -47,11 +47,22 @@ POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 
 def hook() -> dict[str, Any]:
-    """The child's test hook (HOOK_ENV): calls that read the child's engine."""
+    """The child's test hook (HOOK_ENV): calls that read the child's engine, and one that makes
+    its next `prepare` slow."""
     return {
         "pending_arrivals": lambda engine: engine.arrivals.pending(),
         "admitted": lambda engine: engine._admitted,
+        "slow_next_prepare": slow_next_prepare,
     }
+
+
+def slow_next_prepare(engine: MLXEngine, seconds: float) -> None:
+    def slow(request: GenerationRequest) -> Any:
+        del engine.prepare  # once: the class's again
+        time.sleep(seconds)
+        return engine.prepare(request)
+
+    engine.prepare = slow  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +129,17 @@ def test_streams_what_an_engine_in_this_process_streams(
         theirs = [summary(d) for d in asyncio.run(together(remote))]
         ours = [summary(d) for d in asyncio.run(together(local))]
         assert theirs == ours
+
+        async def on_the_loop() -> list[list[Delta]]:  # agenerate: submitted from the loop
+            requests = [req(f"a{i}", p, max_tokens=12) for i, p in enumerate(PROMPTS)]
+            streams = [await remote.agenerate(r) for r in [*requests, req("chat")]]
+
+            async def drain(stream: Any) -> list[Delta]:
+                return [d async for d in stream]
+
+            return await asyncio.gather(*(drain(s) for s in streams))
+
+        assert [summary(d) for d in asyncio.run(on_the_loop())] == ours
         assert all(s[2] == "length" and s[3] == 12 for s in theirs[:3])
         last = asyncio.run(collect(remote, req("t", "Tell me more.", max_tokens=4)))[-1]
         assert last.timings is not None and last.timings.first_token_ns >= last.timings.queued_ns
@@ -143,6 +165,9 @@ def test_refusals_cross_with_their_fields(remote: EngineProcess) -> None:
     with pytest.raises(ContextLengthError) as window:
         remote.generate(too_long)
     assert window.value.context_window == 8192 and window.value.prompt_tokens == 9000
+    with pytest.raises(ContextLengthError) as window:  # the same from the event loop
+        asyncio.run(remote.agenerate(too_long))
+    assert window.value.prompt_tokens == 9000 and window.value.param == "prompt"
     with pytest.raises(InvalidRequestError) as tokens:
         remote.detokenize([10**9])
     assert tokens.value.param == "tokens"
@@ -177,18 +202,46 @@ def test_a_stream_dropped_unclosed_frees_its_slot(remote: EngineProcess) -> None
     assert asyncio.run(collect(remote, req("next", "hi", max_tokens=2)))[-1].finish_reason
 
 
+def test_a_request_cancelled_while_the_child_admits_it_frees_its_slot(
+    remote: EngineProcess,
+) -> None:
+    # The client goes away after the request crossed and before the child answered: the
+    # stream's release reaches the child first, which drops the sequence once it has made it.
+    remote.call("slow_next_prepare", 0.5)
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(remote.agenerate(req("c", "Count:", max_tokens=400)))
+        await asyncio.sleep(0.1)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    time.sleep(0.6)  # the slow prepare is over: admitted, then released at once
+    wait_until(lambda: remote.call("admitted") == 0, timeout=1.0)
+    assert remote.stats().batch_size == 0
+    assert asyncio.run(collect(remote, req("next", "hi", max_tokens=2)))[-1].finish_reason
+
+
 def test_the_childs_engine_sees_the_requests_still_arriving(remote: EngineProcess) -> None:
+    # The child is told whether any are on their way (all the engine reads), at each change.
     arrivals = Arrivals()
     remote.arrivals = arrivals
     try:
         leave = [arrivals.enter(), arrivals.enter()]
-        wait_until(lambda: remote.call("pending_arrivals") == 2)
+        wait_until(lambda: remote.call("pending_arrivals") == 1)
         leave[0]()
-        leave[0]()  # counted out once
+        leave[0]()  # counted out once: the other is still on its way
+        time.sleep(0.2)
+        assert remote.call("pending_arrivals") == 1
+        leave[1]()
+        wait_until(lambda: remote.call("pending_arrivals") == 0)
+        last = arrivals.enter()
         wait_until(lambda: remote.call("pending_arrivals") == 1)
     finally:
         remote.arrivals = None
-    leave[1]()  # no longer watched: the child keeps the last count it was told
+    last()  # no longer watched: the child keeps what it was told last
     time.sleep(0.2)
     assert remote.call("pending_arrivals") == 1
 
