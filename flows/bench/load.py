@@ -31,6 +31,7 @@ class Burst:
     # Requests that failed, by exception name (a server that falls over is a result, not a crash).
     error_kinds: dict[str, int] = field(default_factory=dict)
     stream_tokens: list[int] = field(default_factory=list)  # completion tokens of each stream
+    started: float = 0.0  # time.perf_counter() at the start: the client made, before any request
 
     @property
     def errors(self) -> int:
@@ -120,9 +121,9 @@ async def burst(
 
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
-        started = time.perf_counter()
+        result.started = time.perf_counter()
         await asyncio.gather(*(stream(i) for i in range(len(streams))))
-        result.wall_s = time.perf_counter() - started
+        result.wall_s = time.perf_counter() - result.started
     return result
 
 

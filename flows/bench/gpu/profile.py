@@ -217,6 +217,7 @@ class EngineProfile:
         self.spans: list[tuple[float, float]] = []
         self.fills: list[float] = []  # each `_fill`'s duration (admission, solo prefill)
         self.delivered: list[float] = []
+        self.arrived: list[float] = []  # HTTP requests reaching the app (`arrivals`)
         # Python's garbage collections since the reset: generation -> [count, total s, max s]
         self.gc: dict[int, list[float]] = {}
         self._scheduled: deque[float] = deque()
@@ -357,6 +358,8 @@ class EngineProfile:
         out["loop_lag_ms"] = percentile([x * 1000 for x in self.lag], 50)
         out["loop_lag_p95_ms"] = percentile([x * 1000 for x in self.lag], 95)
         out["loop_callback_ms"] = percentile([x * 1000 for x in self.callback], 50)
+        # the first steps (prefill among them): rows and ms each
+        out["first_steps"] = [[int(s["rows"]), round(s["step"] * 1000, 2)] for s in steps[:6]]
         out["admit_ms"] = [round(x * 1000, 2) for x in self.admit]  # every request's, in order
         out["queued_to_admitted_ms"] = [round(q, 2) for q, _ in self.stages]
         out["admitted_to_first_token_ms"] = [round(f, 2) for _, f in self.stages]
@@ -394,20 +397,36 @@ class EngineProfile:
             "fill_busy_s": sum(self.fills),
         }
 
+    def arrivals(self, app: Any) -> Any:
+        """`app` behind a timer of when each request to /v1/ reaches it, before its middleware
+        (the timeline's `first_request` and `last_request`)."""
+        arrived = self.arrived
+
+        async def timed(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+                arrived.append(time.perf_counter())
+            await app(scope, receive, send)
+
+        return timed
+
     async def endpoint(self) -> dict[str, Any]:
         """POST /bench/profile: the report, then a fresh start. With the engine in a process of
         its own (serving/engine/process.py), the engine's figures are that process's
         (`in_engine_process`) and the threads' CPU seconds both processes'."""
+        arrived = list(self.arrived)
+        self.arrived.clear()
         out = self.report()
         self.reset()
         engine = await self.engine() if self.engine is not None else None
-        if engine is None:
-            return out
-        theirs = await asyncio.to_thread(engine.call, "bench_profile")
-        cpu = dict(out["thread_cpu_s"])
-        for name, seconds in theirs["thread_cpu_s"].items():
-            cpu["engine-process" if name == "MainThread" else name] = seconds
-        return {**theirs, "thread_cpu_s": cpu}
+        if engine is not None:
+            theirs = await asyncio.to_thread(engine.call, "bench_profile")
+            cpu = dict(out["thread_cpu_s"])
+            for name, seconds in theirs["thread_cpu_s"].items():
+                cpu["engine-process" if name == "MainThread" else name] = seconds
+            out = {**theirs, "thread_cpu_s": cpu}
+        if out.get("timeline") and arrived:
+            out["timeline"].update(first_request=arrived[0], last_request=arrived[-1])
+        return out
 
     # Set by `main`: the model's engine when it runs in a process of its own, else None.
     engine: Callable[[], Awaitable[Any]] | None = None
@@ -495,7 +514,9 @@ def main() -> None:
 
     profile.engine = engine_process
     app.add_api_route("/bench/profile", profile.endpoint, methods=["POST"])
-    config = uvicorn.Config(app, host=HOST, port=port, log_config=None, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        profile.arrivals(app), host=HOST, port=port, log_config=None, timeout_graceful_shutdown=5
+    )
     GracefulServer(config, shutdown=app.state.shutdown).run()
 
 

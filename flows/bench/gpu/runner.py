@@ -329,15 +329,16 @@ async def http_round(
         bodies = chat_bodies(streams, n)
     stamps: dict[int, list[float]] = {id(b): [] for b in bodies}
     tokens: dict[int, int] = {}
+    sent: list[float] = []  # each request's start in the client (before httpx connects)
 
     async def send(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, int]:
+        sent.append(time.perf_counter())
         ttft, got = await stream_request(
             client, server, "/v1/chat/completions", body, stamps[id(body)]
         )
         tokens[id(body)] = got
         return ttft, got
 
-    started = time.perf_counter() if start_at is None else start_at
     result = await burst(
         server, [[b] for b in bodies], timeout_s=REQUEST_TIMEOUT_S, send=send, start_at=start_at
     )
@@ -351,7 +352,7 @@ async def http_round(
         "ttft_ms": result.ttft_ms,
         "failed": result.errors,
         "error_kinds": result.error_kinds,
-        "client": client_instants(started, ended, [stamps[k] for k in ok]),
+        "client": client_instants(result.started, ended, [stamps[k] for k in ok], sent),
     }
 
 
@@ -402,6 +403,7 @@ def http_burst(
     got = [p.result() for p in parts]
     ended = max(g["client"][1] for g in got)
     stamps = [s for g in got for s in g["stamps"]]
+    sent = [t for g in got for t in g["client"][5:]]
     kinds: dict[str, int] = {}
     for g in got:
         for kind, count in g["error_kinds"].items():
@@ -414,17 +416,26 @@ def http_burst(
         "ttft_ms": [t for g in got for t in g["ttft_ms"]],
         "failed": sum(g["failed"] for g in got),
         "error_kinds": kinds,
-        "client": client_instants(start_at, ended, stamps),
+        "client": client_instants(start_at, ended, stamps, sent),
     }
 
 
 def client_instants(
-    started: float, ended: float, stamps: list[list[float]]
-) -> tuple[float, float, float, float, float]:
-    """(start, end, last token, first stream's first token, last stream's first token)."""
+    started: float, ended: float, stamps: list[list[float]], sent: list[float]
+) -> tuple[float, ...]:
+    """(start, end, last token, first stream's first token, last stream's first token, first
+    request sent, last request sent)."""
     firsts = [s[0] for s in stamps if s] or [ended]
     last = max((s[-1] for s in stamps if s), default=ended)
-    return started, ended, last, min(firsts), max(firsts)
+    return (
+        started,
+        ended,
+        last,
+        min(firsts),
+        max(firsts),
+        min(sent or [ended]),
+        max(sent or [ended]),
+    )
 
 
 @contextmanager
@@ -527,9 +538,11 @@ def round_timeline(
     client: tuple[float, ...], server: dict[str, float] | None
 ) -> dict[str, float] | None:
     """Where the profiled round's wall time went, ms from the client's start (one clock:
-    perf_counter is CLOCK_MONOTONIC in both processes): requests reaching the engine, the
-    engine's steps (busy and span) and admissions, its last delivery, the client's first tokens
-    (the first stream's and the last one's), its last token and its end."""
+    perf_counter is CLOCK_MONOTONIC in every process): the client sending its requests (first
+    and last), the server receiving them (`first_request`, `last_request`: before its
+    middleware), requests reaching the engine, the engine's steps (busy and span) and
+    admissions, its last delivery, the client's first tokens (the first stream's and the last
+    one's), its last token and its end."""
     if server is None:
         return None
     started, ended, last_token, *firsts = client
@@ -537,6 +550,9 @@ def round_timeline(
     for k in ("steps_busy", "steps_span", "fill_busy"):
         if f"{k}_s" in server:
             out[f"{k}_ms"] = round(server[f"{k}_s"] * 1000, 1)
+    if len(firsts) >= 4:
+        out["client_first_send"] = round((firsts[2] - started) * 1000, 1)
+        out["client_last_send"] = round((firsts[3] - started) * 1000, 1)
     if firsts:
         out["client_first_token"] = round((firsts[0] - started) * 1000, 1)
         out["client_all_started"] = round((firsts[1] - started) * 1000, 1)
