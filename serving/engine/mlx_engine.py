@@ -140,8 +140,10 @@ class MLXEngineConfig:
     # also waits while the server is still reading requests (`MLXEngine.arrivals`), up to the
     # window: an H100 machine's server took 31-62 ms to hand a burst of 64 to the engine, and
     # those that came after the engine's first step joined later batches, their first tokens
-    # 60-120 ms after the first ones'.
-    admit_window_s: float = 0.1
+    # 60-120 ms after the first ones'. A burst of 128 took 136 ms, past a 100 ms window: the
+    # engine prefilled 75 prompts, then 53, each a batch shape not seen before (205 and 168 ms
+    # of steps on CUDA, against 40 ms for all 128 at once).
+    admit_window_s: float = 0.25
     admit_gap_s: float = 0.003
     admit_memory_s: float | None = 60.0
     max_context_tokens: int | None = None  # None: the model's max_position_embeddings

@@ -218,6 +218,7 @@ class EngineProfile:
         self.fills: list[float] = []  # each `_fill`'s duration (admission, solo prefill)
         self.delivered: list[float] = []
         self.arrived: list[float] = []  # HTTP requests reaching the app (`arrivals`)
+        self.connected: list[float] = []  # connections opened (`arrivals`)
         # Python's garbage collections since the reset: generation -> [count, total s, max s]
         self.gc: dict[int, list[float]] = {}
         self._scheduled: deque[float] = deque()
@@ -399,8 +400,18 @@ class EngineProfile:
 
     def arrivals(self, app: Any) -> Any:
         """`app` behind a timer of when each request to /v1/ reaches it, before its middleware
-        (the timeline's `first_request` and `last_request`)."""
-        arrived = self.arrived
+        (the timeline's `first_request` and `last_request`); uvicorn's connections timed as
+        they open (`first_connect`, `last_connect`: the client's side before that)."""
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        arrived, connected = self.arrived, self.connected
+        made = HttpToolsProtocol.connection_made
+
+        def connection_made(this: Any, transport: Any) -> None:
+            connected.append(time.perf_counter())
+            made(this, transport)
+
+        HttpToolsProtocol.connection_made = connection_made  # type: ignore[method-assign]
 
         async def timed(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http" and scope["path"].startswith("/v1/"):
@@ -413,8 +424,9 @@ class EngineProfile:
         """POST /bench/profile: the report, then a fresh start. With the engine in a process of
         its own (serving/engine/process.py), the engine's figures are that process's
         (`in_engine_process`) and the threads' CPU seconds both processes'."""
-        arrived = list(self.arrived)
+        arrived, connected = list(self.arrived), list(self.connected)
         self.arrived.clear()
+        self.connected.clear()
         out = self.report()
         self.reset()
         engine = await self.engine() if self.engine is not None else None
@@ -426,6 +438,9 @@ class EngineProfile:
             out = {**theirs, "thread_cpu_s": cpu}
         if out.get("timeline") and arrived:
             out["timeline"].update(first_request=arrived[0], last_request=arrived[-1])
+        connected = [t for t in connected if arrived and t <= arrived[-1]]  # not this call's
+        if out.get("timeline") and connected:
+            out["timeline"].update(first_connect=connected[0], last_connect=connected[-1])
         return out
 
     # Set by `main`: the model's engine when it runs in a process of its own, else None.
