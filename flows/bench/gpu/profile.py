@@ -411,7 +411,7 @@ class EngineProfile:
             connected.append(time.perf_counter())
             made(this, transport)
 
-        HttpToolsProtocol.connection_made = connection_made  # type: ignore[method-assign]
+        HttpToolsProtocol.connection_made = connection_made  # type: ignore[method-assign,assignment]
 
         async def timed(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http" and scope["path"].startswith("/v1/"):
