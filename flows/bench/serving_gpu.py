@@ -57,7 +57,8 @@ PROFILE_COLUMNS = [
     ("outside", "outside the forward", "s"),
 ]  # fmt: skip
 TIMELINE_COLUMNS = [
-    ("cell", "model, side, streams", "s"), ("reach", "requests reach the engine", "s"),
+    ("cell", "model, side, streams", "s"), ("sent", "client sends", "s"),
+    ("received", "the app receives", "s"), ("reach", "requests reach the engine", "s"),
     ("first_step", "first batch step", ".0f"), ("steps", "steps busy / span", "s"),
     ("fill", "admitting", "s"), ("first_tokens", "client's first tokens", "s"),
     ("last_step", "last step ends", ".0f"), ("last_token", "client's last token", ".0f"),
@@ -359,6 +360,11 @@ def render_profile(results: dict[str, Any]) -> str:
     return head + markdown(rows, PROFILE_COLUMNS) + render_timelines(results)
 
 
+def span(tl: dict[str, float], first: str, last: str) -> str:
+    """`first–last` of a timeline, or – where it has no such instants (an older run)."""
+    return f"{tl[first]:.0f}–{tl[last]:.0f}" if first in tl and last in tl else "–"
+
+
 def render_timelines(results: dict[str, Any]) -> str:
     """Where each profiled round's wall time went (runner.round_timeline), ms from the client's
     start; empty when no round had batch steps."""
@@ -369,6 +375,8 @@ def render_timelines(results: dict[str, Any]) -> str:
             continue
         rows.append({
             "cell": f"{c['model']} {c['side']} {c['streams']}",
+            "sent": span(tl, "client_first_send", "client_last_send"),
+            "received": span(tl, "first_request", "last_request"),
             "reach": f"{tl['first_generate']:.0f}–{tl['last_generate']:.0f}",
             "first_step": tl["first_step"],
             "steps": f"{tl['steps_busy_ms']:.0f} / {tl['steps_span_ms']:.0f}",

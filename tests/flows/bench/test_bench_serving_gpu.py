@@ -205,29 +205,36 @@ def test_a_round_timeline_is_ms_from_the_clients_start_and_logs() -> None:
     server = {
         "first_generate": 100.020, "last_generate": 100.030, "first_step": 100.050,
         "last_step_end": 100.850, "last_deliver": 100.851, "steps_busy_s": 0.78,
-        "steps_span_s": 0.80, "fill_busy_s": 0.012,
+        "steps_span_s": 0.80, "fill_busy_s": 0.012, "first_request": 100.004,
+        "last_request": 100.028,
     }  # fmt: skip
-    tl = round_timeline((100.0, 100.9, 100.86, 100.06, 100.075), server)
+    tl = round_timeline((100.0, 100.9, 100.86, 100.06, 100.075, 100.001, 100.003), server)
     assert tl is not None and round_timeline((100.0, 100.9, 100.86), None) is None
     assert tl["first_generate"] == 20.0 and tl["first_step"] == 50.0
     assert tl["steps_busy_ms"] == 780.0 and tl["steps_span_ms"] == 800.0
     assert tl["client_last_token"] == 860.0 and tl["client_end"] == 900.0
     assert tl["fill_busy_ms"] == 12.0
     assert tl["client_first_token"] == 60.0 and tl["client_all_started"] == 75.0
+    assert tl["client_first_send"] == 1.0 and tl["client_last_send"] == 3.0
+    assert tl["first_request"] == 4.0 and tl["last_request"] == 28.0
     cell = {"model": "m", "side": "impetus", "streams": 64, "tps": 9000.0,
             "profile": {"steps": 128, "step_ms": 6.0, "timeline": tl}}  # fmt: skip
     m = cell_metrics(cell)
     assert m["prof_tl_first_step"] == 50.0 and m["prof_tl_client_end"] == 900.0
     text = render_timelines({"cells": [cell]})
-    assert "| m impetus 64 | 20–30 | 50 | 780 / 800 | 12 | 60–75 | 850 | 860 | 900 |" in text
-    # a timeline from before the admission and first-token instants still renders
+    assert (
+        "| m impetus 64 | 1–3 | 4–28 | 20–30 | 50 | 780 / 800 | 12 | 60–75 | 850 | 860 | 900 |"
+        in text
+    )
+    # a timeline from before the sends, receipts, admission and first-token instants renders
     old = round_timeline(
-        (100.0, 100.9, 100.86), {k: v for k, v in server.items() if k != "fill_busy_s"}
+        (100.0, 100.9, 100.86),
+        {k: v for k, v in server.items() if k not in ("fill_busy_s", "first_request")},
     )
     assert old is not None and "fill_busy_ms" not in old
     cell["profile"]["timeline"] = old
     assert (
-        "| m impetus 64 | 20–30 | 50 | 780 / 800 | – | – | 850 | 860 | 900 |"
+        "| m impetus 64 | – | – | 20–30 | 50 | 780 / 800 | – | – | 850 | 860 | 900 |"
         in render_timelines({"cells": [cell]})
     )
 
@@ -235,8 +242,9 @@ def test_a_round_timeline_is_ms_from_the_clients_start_and_logs() -> None:
 def test_client_instants_take_each_streams_first_and_last_token() -> None:
     from flows.bench.gpu.runner import client_instants
 
-    assert client_instants(1.0, 9.0, [[2.0, 5.0], [3.0, 7.0], []]) == (1.0, 9.0, 7.0, 2.0, 3.0)
-    assert client_instants(1.0, 9.0, []) == (1.0, 9.0, 9.0, 9.0, 9.0)  # nothing arrived
+    got = client_instants(1.0, 9.0, [[2.0, 5.0], [3.0, 7.0], []], [1.5, 1.1, 1.2])
+    assert got == (1.0, 9.0, 7.0, 2.0, 3.0, 1.1, 1.5)  # ... and the first and last request sent
+    assert client_instants(1.0, 9.0, [], []) == (1.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0)  # nothing
 
 
 def test_a_burst_from_several_client_processes_merges_as_one_round(tmp_path: Path) -> None:
@@ -259,8 +267,8 @@ def test_a_burst_from_several_client_processes_merges_as_one_round(tmp_path: Pat
             got = http_burst(server, 6, 4, pool, 2)
     assert got["failed"] == 0 and got["streams"] == 6
     assert len(got["tokens"]) == 6 and all(t > 0 for t in got["tokens"])
-    started, ended, last, first, all_started = got["client"]
-    assert started <= first <= all_started <= last <= ended
+    started, ended, last, first, all_started, first_sent, last_sent = got["client"]
+    assert started <= first_sent <= last_sent <= first <= all_started <= last <= ended
     assert got["wall_s"] == pytest.approx(ended - started)
     assert all(started <= t <= ended for s in got["stamps"] for t in s)
 
