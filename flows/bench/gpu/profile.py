@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import threading
@@ -402,16 +403,20 @@ class EngineProfile:
         """`app` behind a timer of when each request to /v1/ reaches it, before its middleware
         (the timeline's `first_request` and `last_request`); uvicorn's connections timed as
         they open (`first_connect`, `last_connect`: the client's side before that)."""
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
         arrived, connected = self.arrived, self.connected
-        made = HttpToolsProtocol.connection_made
+        for module in ("httptools_impl", "h11_impl"):  # whichever uvicorn uses here
+            try:
+                impl = importlib.import_module(f"uvicorn.protocols.http.{module}")
+            except ImportError:  # httptools is not installed (the GPU machine)
+                continue
+            protocol = impl.HttpToolsProtocol if module == "httptools_impl" else impl.H11Protocol
+            made = protocol.connection_made
 
-        def connection_made(this: Any, transport: Any) -> None:
-            connected.append(time.perf_counter())
-            made(this, transport)
+            def connection_made(this: Any, transport: Any, made: Any = made) -> None:
+                connected.append(time.perf_counter())
+                made(this, transport)
 
-        HttpToolsProtocol.connection_made = connection_made  # type: ignore[method-assign,assignment]
+            protocol.connection_made = connection_made
 
         async def timed(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http" and scope["path"].startswith("/v1/"):
