@@ -264,11 +264,15 @@ def test_a_burst_from_several_client_processes_merges_as_one_round(tmp_path: Pat
         server = Server("fake", url, "fake-llm", proc=None, log=Path())  # type: ignore[arg-type]
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+            http_burst(server, 6, 4, pool, 2)  # as the runner does: processes up first
             got = http_burst(server, 6, 4, pool, 2)
     assert got["failed"] == 0 and got["streams"] == 6
     assert len(got["tokens"]) == 6 and all(t > 0 for t in got["tokens"])
     started, ended, last, first, all_started, first_sent, last_sent = got["client"]
-    assert started <= first_sent <= last_sent <= first <= all_started <= last <= ended
+    # one process's first token may come before a busy machine lets the other send: no order
+    # between the last send and the first token
+    assert started <= first_sent <= last_sent <= ended
+    assert first_sent <= first <= all_started <= last <= ended
     assert got["wall_s"] == pytest.approx(ended - started)
     assert all(started <= t <= ended for s in got["stamps"] for t in s)
 
