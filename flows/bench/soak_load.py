@@ -389,12 +389,16 @@ def _rss(p: Any) -> int:
 async def prime(server: Server, plan: LoadPlan, rec: Record) -> None:
     """A full decode batch of the longest calls (grounded chat), once, before the clients start:
     RSS keeps the high-water mark of the batch's KV buffers, so the warm-up must reach it, or a
-    short run's first full batch of long prompts reads as growth."""
+    short run's first full batch of long prompts reads as growth. Full: as many as the engine
+    batches (16) or, with fewer clients, as the clients can have running (one call each)."""
     rng = random.Random(plan.seed)
     timeout = httpx.Timeout(plan.request_timeout_s)
     async with httpx.AsyncClient(timeout=timeout, limits=LIMITS) as client:
         await asyncio.gather(
-            *(call(client, server, "rag_chat", plan, rec, rng) for _ in range(PRIME_BATCH))
+            *(
+                call(client, server, "rag_chat", plan, rec, rng)
+                for _ in range(min(PRIME_BATCH, plan.streams))
+            )
         )
 
 
