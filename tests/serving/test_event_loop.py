@@ -27,7 +27,7 @@ from tests.serving.servers import RunningServer
 BIG = "hello world " * (6_000_000 // 12)  # 6 MB
 # Before the fix the whole server stalled 7-9 s on such a prompt (tokenized on the event loop).
 # Alone on this machine the slowest health answer is 5-50 ms in process (0.29 s during the
-# Responses call), but `make test` runs three workers on two cores and a starved server process
+# Responses call), but `make test` runs four workers on two cores and a starved server process
 # has taken 1.03 s: the bound is 2 s, far from a stall and clear of the scheduler. In Ray mode
 # every request, the probe's included, crosses Ray's HTTP proxy actor, which receives the 6 MB body
 # and forwards it to the ingress replica itself (~1 s of the proxy's loop on a busy machine).
