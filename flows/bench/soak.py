@@ -7,8 +7,8 @@ server must not do (fail requests, lose streams, stall cheap routes, grow).
 The sample documents are ingested into the collection `soak` first (pipeline functions, no
 server; unchanged documents are skipped), then one server is started on 127.0.0.1 (auth off: the
 load never leaves the machine), one full batch of grounded-chat calls (16, or S if fewer) primes
-it (RSS keeps the KV buffers' high-water mark: the warm-up must reach it), and S clients run the mix of
-flows/bench/soak_load.py for N minutes. Time 0 is the clients' start: priming is sampled and
+it (RSS keeps the KV buffers' high-water mark: the warm-up must reach it), and S clients run the
+mix of flows/bench/soak_load.py for N minutes. Time 0 is the clients' start: priming is sampled and
 reported (route `prime`, negative times) but takes nothing from the N minutes or the warm-up. Recorded: every call's outcome and latency by route; every `sample_s` the server
 process's RSS, open file descriptors and threads, and `/api/metrics`' prefix-cache bytes and
 queue depth. One MLflow run (experiment `soak-bench`): the summary as metrics, the samples as
