@@ -19,9 +19,10 @@ OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/li
 PYTEST_ARGS ?=
 # Four pytest workers (pytest-xdist) on two cores: much of a test's time is waiting on servers,
 # subprocesses and outages (three left the cores idle in those waits: 18:04 against 17:11). Tests
-# that talk to Ray share one worker (tests/conftest.py), so the session starts one cluster. Each test process does its BLAS on one thread: OpenBLAS's threads spin
-# while they wait, and two workers each spinning two of them on two cores measured 87 s against 70 s
-# for the same test (docs/decisions/test-time.md).
+# that talk to Ray share one worker (tests/conftest.py), so the session starts one cluster. Each
+# test process does its BLAS on one thread: OpenBLAS's threads spin while they wait, and two workers
+# each spinning two of them on two cores measured 87 s against 70 s for the same test
+# (docs/decisions/test-time.md).
 PYTEST_WORKERS ?= -n 4 --dist loadgroup
 TEST_ENV := OPENBLAS_NUM_THREADS=1 $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 # `make up PORT=8080 HOST=0.0.0.0` (default: serve.host and serve.port of the settings).
