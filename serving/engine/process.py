@@ -277,41 +277,46 @@ class EngineProcess:
             self._outbox.put(("arrivals", int(arriving)))
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        self._check_open()
-        key = next(self._keys)
-        stream = _RemoteStream(self, key)
-        self._streams[key] = stream  # before the child admits it: its first delta may be quick
+        stream, submitted = self._submit(request)
         try:
-            self._call("submit", key, request)
-        except BaseException:
-            stream._released = True  # the child holds nothing for it
-            self._streams.pop(key, None)
-            raise
+            submitted.result(timeout=CALL_TIMEOUT_S)
+        except BaseException as exc:
+            raise self._not_submitted(stream, exc) from None
         return stream
 
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """`generate` awaited on the event loop: nothing here blocks (the request is pickled
         and sent; the child validates, tokenizes and admits it), so a burst of requests reaches
         the engine without a hop through a worker thread each (serving/http/generation.py)."""
+        stream, submitted = self._submit(request)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(submitted), CALL_TIMEOUT_S)
+        except BaseException as exc:
+            raise self._not_submitted(stream, exc) from None
+        return stream
+
+    def _submit(self, request: GenerationRequest) -> tuple[_RemoteStream, Future[Any]]:
+        """A stream for `request`, registered before the child admits it (its first delta may be
+        quick), and the submit call's future."""
         self._check_open()
         key = next(self._keys)
         stream = _RemoteStream(self, key)
         self._streams[key] = stream
         try:
-            await asyncio.wait_for(
-                asyncio.wrap_future(self._send_call("submit", key, request)), CALL_TIMEOUT_S
-            )
-        except TimeoutError:
-            stream._release()  # the child may still admit it: released there when it does
-            raise self._no_answer("submit") from None
-        except asyncio.CancelledError:
-            stream._release()  # likewise: the client went away while the child admitted it
-            raise
-        except BaseException:
-            stream._released = True  # the child holds nothing for it
-            self._streams.pop(key, None)
-            raise
-        return stream
+            return stream, self._send_call("submit", key, request)
+        except BaseException as exc:
+            raise self._not_submitted(stream, exc) from None
+
+    def _not_submitted(self, stream: _RemoteStream, exc: BaseException) -> BaseException:
+        """What to raise for a submit that did not succeed here, the stream settled first. No
+        answer in time, or the caller cancelled: the child may still admit it, so it is released
+        (the child drops it once made); the child answered with an error: it holds nothing."""
+        if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+            stream._release()
+            return self._no_answer("submit") if isinstance(exc, TimeoutError) else exc
+        stream._released = True
+        self._streams.pop(stream._key, None)
+        return exc
 
     def call(self, method: str, *args: Any) -> Any:
         """Call one of the engine's methods in the child, or one its hook added (a bench's)."""

@@ -224,6 +224,22 @@ def test_a_request_cancelled_while_the_child_admits_it_frees_its_slot(
     assert asyncio.run(collect(remote, req("next", "hi", max_tokens=2)))[-1].finish_reason
 
 
+def test_a_submit_with_no_answer_in_time_is_released_in_the_child(
+    remote: EngineProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From a thread (`generate`) as from the event loop: the caller gets an EngineError and the
+    # child, which admits the request after all, drops it rather than decode it for nobody.
+    import serving.engine.process as process
+
+    monkeypatch.setattr(process, "CALL_TIMEOUT_S", 0.1)
+    remote.call("slow_next_prepare", 0.5)
+    with pytest.raises(EngineError, match="did not answer submit"):
+        remote.generate(req("t", "Count:", max_tokens=400))
+    time.sleep(0.6)
+    wait_until(lambda: remote.call("admitted") == 0, timeout=1.0)
+    assert remote.stats().batch_size == 0
+
+
 def test_the_childs_engine_sees_the_requests_still_arriving(remote: EngineProcess) -> None:
     # The child is told whether any are on their way (all the engine reads), at each change.
     arrivals = Arrivals()
